@@ -1,0 +1,132 @@
+"""Command line: ``lobbyd serve``, ``lobbyd client`` and ``lobbyd sim``.
+
+Operator mistakes end in one line on stderr and an exit code, never a traceback:
+2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
+store unusable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lobbyd import config as config_module
+from lobbyd.errors import ConfigError, StoreError
+
+EXIT_START_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line instead of argparse's usage block, so scripts and operators see the cause.
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lobbyd", description="Game-lobby and matchmaking daemon.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--listen", help="HOST:PORT to accept clients on (default 127.0.0.1:7847)")
+    serve.add_argument("--data-dir", help="directory for the SQLite database (default ./var)")
+
+    client = commands.add_parser("client", help="talk to a daemon interactively or from a script")
+    client.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
+    client.add_argument("--player", help="player id to log in as (default: a random one)")
+    client.add_argument("--name", help="display name sent in hello")
+    client.add_argument("--json-lines", action="store_true", help="speak JSON lines instead of msgpack frames")
+    client.add_argument("--auto-accept", action="store_true", help="accept every match_found at once")
+    client.add_argument("--until", metavar="TYPE", help="exit 0 once a message of this type arrives")
+    client.add_argument("--timeout", type=float, default=0.0, help="exit 1 after this many seconds (0: never)")
+
+    sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
+    sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
+    sim.add_argument("--players", type=int, default=100, help="number of bot players")
+    sim.add_argument("--queue", default="5v5", help="queue every bot joins")
+    sim.add_argument("--decline-rate", type=float, default=0.0, help="share of match_found answered with decline")
+    sim.add_argument("--drop-rate", type=float, default=0.0, help="share of match_found answered by disconnecting")
+    sim.add_argument("--connect-rate", type=float, default=2000.0, help="new connections per second")
+    sim.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    sim.add_argument("--seed", type=int, help="random seed, for a repeatable run")
+    sim.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "client":
+        from lobbyd.client import run_cli as run_client
+
+        return run_client(args)
+    from lobbyd.sim import run_cli as run_sim
+
+    return run_sim(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.listen is not None:
+        overrides["listen"] = args.listen
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    try:
+        config = config_module.load(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from lobbyd.server import logs
+
+    logs.configure(config.log_level, config.log_format)
+    try:
+        import uvloop
+
+        return uvloop.run(_run_server(config))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run_server(config: config_module.Config) -> int:
+    from lobbyd.server import logs
+    from lobbyd.server.app import Server
+
+    log = logs.get("lobbyd.cli")
+    server = Server(config)
+    try:
+        await server.start()
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        print(f"lobbyd: cannot listen on {config.listen}: {reason}", file=sys.stderr)
+        return EXIT_START_FAILED
+    except StoreError as exc:
+        print(f"lobbyd: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(EXIT_START_FAILED)
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        server.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.serve()
+    return 0

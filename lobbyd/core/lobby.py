@@ -1,0 +1,396 @@
+"""The lobby: every player, queue and ready check, changed only by synchronous calls.
+
+Each public method is one atomic state change. It checks the request first and
+raises a ``RemoteError`` before touching anything, so a rejected request changes
+nothing; otherwise it changes state and returns the effects for the server to carry
+out, in order. ``now`` is passed in on every call.
+
+A player is always in exactly one ``Place``: idle, in one queue, or in one ready
+check. A started match releases its players at once, because v1 has no game-server
+phase to wait for.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+
+from lobbyd.core import effects as fx
+from lobbyd.core.matchmaker import find_groups
+from lobbyd.core.model import (
+    DEFAULT_RATING,
+    LobbySettings,
+    MatchRecord,
+    MatchState,
+    Place,
+    Player,
+    PlayerRecord,
+    QueueRules,
+    Ticket,
+)
+from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
+from lobbyd.core.teams import split_teams
+from lobbyd.errors import (
+    AlreadyQueued,
+    InReadyCheck,
+    NotQueued,
+    UnknownMatch,
+    UnknownQueue,
+)
+from lobbyd.protocol import messages as m
+
+
+class Lobby:
+    """All matchmaking state of one daemon."""
+
+    def __init__(
+        self,
+        queues: Mapping[str, QueueRules],
+        settings: LobbySettings,
+        new_match_id: Callable[[], str],
+    ) -> None:
+        self.rules = dict(queues)
+        self.settings = settings
+        self._new_match_id = new_match_id
+        self.players: dict[str, Player] = {}
+        self.sessions: dict[str, str] = {}
+        self.queues: dict[str, dict[str, Ticket]] = {name: {} for name in queues}
+        self.checks: dict[str, ReadyCheck] = {}
+        # Finished ready checks by match id: (state, finished at), so that a late
+        # accept or decline gets a precise error. ``forget`` trims it.
+        self.finished: dict[str, tuple[CheckState, float]] = {}
+        self._seq = itertools.count()
+
+    # Sessions.
+
+    def known_record(self, player: str) -> PlayerRecord | None:
+        """Return the in-memory record of ``player``, if the lobby still holds one."""
+        known = self.players.get(player)
+        return known.record() if known else None
+
+    def connect(
+        self,
+        session: str,
+        record: PlayerRecord | None,
+        player_id: str,
+        name: str | None,
+        now: float,
+        rid: int | None = None,
+    ) -> list[fx.Effect]:
+        """Bind ``session`` to ``player_id``; a previous session of that player is kicked.
+
+        ``record`` is what the store holds for the player, or ``None`` for a new one.
+        The kicked session's queue place or ready check ends as a disconnect would end
+        it, so the new session always starts idle.
+        """
+        effects: list[fx.Effect] = []
+        player = self.players.get(player_id)
+        if player is not None and player.session is not None:
+            old = player.session
+            effects.append(fx.Send(old, m.Kicked(reason="logged_in_elsewhere")))
+            effects.append(fx.Close(old, "logged_in_elsewhere"))
+            effects.extend(self.disconnect(old, now))
+
+        if player is None:
+            player = self._load(record, player_id, name, now)
+            self.players[player_id] = player
+        if name:
+            player.name = name
+        player.session = session
+        player.last_seen = now
+        self.sessions[session] = player_id
+
+        welcome = m.Welcome(
+            session=session,
+            player=player_id,
+            heartbeat_ms=self.settings.heartbeat_ms,
+            rating=player.rating,
+            rid=rid,
+        )
+        effects.append(fx.Send(session, welcome))
+        effects.append(fx.SavePlayer(player.record()))
+        effects.append(fx.Event("player_connected", {"player": player_id, "session": session}))
+        return effects
+
+    def disconnect(self, session: str, now: float) -> list[fx.Effect]:
+        """Unbind ``session``: its ticket is removed and its ready check cancelled."""
+        player_id = self.sessions.pop(session, None)
+        if player_id is None:
+            return []
+        player = self.players[player_id]
+        if player.session != session:
+            return []
+
+        effects: list[fx.Effect] = []
+        if player.place is Place.QUEUED:
+            queue = self._remove_ticket(player)
+            effects.append(fx.Event("queue_left", {"player": player_id, "queue": queue, "reason": "disconnected"}))
+        elif player.place is Place.READY_CHECK:
+            assert player.match is not None
+            effects.extend(self._cancel(self.checks[player.match], CheckEvent.DISCONNECT, player_id, now))
+
+        player.session = None
+        player.last_seen = now
+        effects.append(fx.SavePlayer(player.record()))
+        return effects
+
+    # Queue requests.
+
+    def join_queue(self, session: str, queue: str, now: float, rid: int | None = None) -> list[fx.Effect]:
+        player = self._player_of(session)
+        if queue not in self.rules:
+            known = ", ".join(sorted(self.rules))
+            msg = f"queue {queue!r} does not exist: this server has {known}"
+            raise UnknownQueue(msg, rid=rid)
+        if player.place is Place.QUEUED:
+            msg = f"player {player.id!r} is already in queue {player.queue!r}; leave it first"
+            raise AlreadyQueued(msg, rid=rid)
+        if player.place is Place.READY_CHECK:
+            msg = f"player {player.id!r} is in the ready check of match {player.match!r}; accept or decline it first"
+            raise InReadyCheck(msg, rid=rid)
+
+        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq))
+        self._add_ticket(player, ticket)
+        return [
+            fx.Send(session, m.Queued(queue=queue, rid=rid)),
+            fx.Event("queue_joined", {"player": player.id, "session": session, "queue": queue}),
+        ]
+
+    def leave_queue(
+        self, session: str, queue: str | None, now: float, rid: int | None = None
+    ) -> list[fx.Effect]:
+        """Leave the queue; inside a ready check this declines the match.
+
+        A player whose ticket was just taken into a ready check gets one outcome:
+        the match they were found for is cancelled as declined, then ``left_queue``.
+        """
+        player = self._player_of(session)
+        current = player.queue if player.place is Place.QUEUED else None
+        if player.place is Place.READY_CHECK:
+            current = self.checks[player.match or ""].queue
+        if current is None or (queue is not None and queue != current):
+            where = f"queue {current!r}" if current else "no queue"
+            msg = f"player {player.id!r} is not in queue {queue!r}: they are in {where}"
+            if queue is None:
+                msg = f"player {player.id!r} is not in any queue"
+            raise NotQueued(msg, rid=rid)
+
+        effects: list[fx.Effect] = []
+        if player.place is Place.READY_CHECK:
+            assert player.match is not None
+            effects.extend(self._cancel(self.checks[player.match], CheckEvent.DECLINE, player.id, now))
+        else:
+            self._remove_ticket(player)
+        effects.append(fx.Send(session, m.LeftQueue(queue=current, rid=rid)))
+        effects.append(fx.Event("queue_left", {"player": player.id, "queue": current, "reason": "requested"}))
+        return effects
+
+    # Ready check answers.
+
+    def accept(self, session: str, match: str, now: float, rid: int | None = None) -> list[fx.Effect]:
+        player = self._player_of(session)
+        check = self._check_of(player, match, rid)
+        state = check.accept(player.id)
+        effects: list[fx.Effect] = [
+            fx.Send(session, m.Accepted(match=match, rid=rid)),
+            fx.Event("match_accepted", {"match": match, "player": player.id}),
+        ]
+        if state is CheckState.STARTED:
+            effects.extend(self._start(check, now))
+        return effects
+
+    def decline(self, session: str, match: str, now: float, rid: int | None = None) -> list[fx.Effect]:
+        player = self._player_of(session)
+        check = self._check_of(player, match, rid)
+        return self._cancel(check, CheckEvent.DECLINE, player.id, now, rid=rid)
+
+    # Time.
+
+    def tick(self, now: float) -> list[fx.Effect]:
+        """Expire overdue ready checks, then form new matches in every queue."""
+        effects: list[fx.Effect] = []
+        for check in [c for c in self.checks.values() if c.deadline <= now]:
+            effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
+        for name, rules in self.rules.items():
+            for group in find_groups(self.queues[name].values(), rules, now):
+                effects.extend(self._propose(rules, group, now))
+        return effects
+
+    def void_match(self, match: str, unreachable: Iterable[str], now: float) -> list[fx.Effect]:
+        """Undo a proposed match whose ``match_found`` could not reach every player.
+
+        No player has been told of the match, so nobody gets a message: the reachable
+        players silently return to the queue with priority and their wait; the
+        unreachable ones go idle and their pending disconnect finds nothing to undo.
+        If a disconnect or decline already ended the check, there is nothing left to
+        undo and this returns no effects.
+        """
+        check = self.checks.get(match)
+        if check is None:
+            return []
+        lost = set(unreachable)
+        check.apply(CheckEvent.VOID)
+        effects = self._finish(check, now, "undeliverable")
+        for player_id, ticket in check.tickets.items():
+            player = self.players[player_id]
+            player.place, player.match = Place.IDLE, None
+            if player_id not in lost and player.session is not None:
+                ticket.priority = True
+                self._add_ticket(player, ticket)
+        effects.append(fx.Event("match_voided", {"match": match, "unreachable": sorted(lost)}))
+        return effects
+
+    def forget(self, now: float, player_ttl: float) -> int:
+        """Drop finished ready checks past their TTL and offline players idle past ``player_ttl``.
+
+        Returns how many records were dropped. The store still holds every player,
+        so a forgotten player who returns is loaded again.
+        """
+        dropped = 0
+        cutoff = now - self.settings.finished_ttl
+        for match in [k for k, (_, at) in self.finished.items() if at < cutoff]:
+            del self.finished[match]
+            dropped += 1
+        idle_cutoff = now - player_ttl
+        for player in [p for p in self.players.values() if p.session is None and p.last_seen < idle_cutoff]:
+            del self.players[player.id]
+            dropped += 1
+        return dropped
+
+    # Helpers.
+
+    def _load(self, record: PlayerRecord | None, player_id: str, name: str | None, now: float) -> Player:
+        if record is None:
+            return Player(player_id, name or player_id, DEFAULT_RATING, now, now)
+        return Player(record.id, record.name, record.rating, record.first_seen, record.last_seen)
+
+    def _player_of(self, session: str) -> Player:
+        # The server only forwards requests of authenticated sessions, so a miss here
+        # is a bug of ours, not the peer's.
+        return self.players[self.sessions[session]]
+
+    def _check_of(self, player: Player, match: str, rid: int | None) -> ReadyCheck:
+        if player.place is Place.READY_CHECK and player.match == match:
+            return self.checks[match]
+        if match in self.finished:
+            state, _ = self.finished[match]
+            msg = f"match {match!r} is already {state.value}"
+        else:
+            msg = f"match {match!r} has no ready check for player {player.id!r}"
+        raise UnknownMatch(msg, rid=rid)
+
+    def _add_ticket(self, player: Player, ticket: Ticket) -> None:
+        self.queues[ticket.queue][player.id] = ticket
+        player.place, player.queue = Place.QUEUED, ticket.queue
+
+    def _remove_ticket(self, player: Player) -> str:
+        queue = player.queue
+        assert queue is not None
+        del self.queues[queue][player.id]
+        player.place, player.queue = Place.IDLE, None
+        return queue
+
+    def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
+        match = self._new_match_id()
+        teams = split_teams(group, rules.team_count, rules.team_size)
+        check = ReadyCheck(
+            match=match,
+            queue=rules.name,
+            teams=tuple(tuple(t.player for t in team) for team in teams),
+            tickets={t.player: t for t in group},
+            created_at=now,
+            deadline=now + self.settings.ready_timeout,
+        )
+        self.checks[match] = check
+
+        sends = []
+        accept_ms = round(self.settings.ready_timeout * 1000)
+        for ticket in group:
+            player = self.players[ticket.player]
+            self._remove_ticket(player)
+            player.place, player.match = Place.READY_CHECK, match
+            assert player.session is not None
+            found = m.MatchFound(match=match, queue=rules.name, players=len(group), accept_ms=accept_ms)
+            sends.append(fx.Send(player.session, found))
+        return [
+            fx.OfferMatch(match, tuple(sends)),
+            fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players)}),
+        ]
+
+    def _start(self, check: ReadyCheck, now: float) -> list[fx.Effect]:
+        record = self._record(check, MatchState.STARTED, now, None)
+        del self.checks[check.match]
+        self.finished[check.match] = (CheckState.STARTED, now)
+        teams = [list(team) for team in check.teams]
+        ratings = [list(team) for team in record.ratings]
+
+        sends = []
+        for index, team in enumerate(check.teams):
+            for player_id in team:
+                player = self.players[player_id]
+                player.place, player.match = Place.IDLE, None
+                if player.session is None:
+                    continue
+                start = m.MatchStart(match=check.match, queue=check.queue, team=index, teams=teams, ratings=ratings)
+                sends.append(fx.Send(player.session, start))
+        return [fx.StartMatch(record, tuple(sends))]
+
+    def _cancel(
+        self,
+        check: ReadyCheck,
+        event: CheckEvent,
+        culprit: str | None,
+        now: float,
+        rid: int | None = None,
+    ) -> list[fx.Effect]:
+        """Cancel ``check``: players who accepted go back with priority, the rest go idle.
+
+        ``culprit`` is the player who declined or disconnected; ``rid`` is echoed in the
+        culprit's own ``match_cancelled`` when the decline was their request.
+        """
+        check.apply(event)
+        reason = CANCEL_REASONS[event]
+        effects = self._finish(check, now, reason)
+        requeued: list[str] = []
+        for player_id, ticket in check.tickets.items():
+            player = self.players[player_id]
+            player.place, player.match = Place.IDLE, None
+            back = player_id in check.accepted and player_id != culprit and player.session is not None
+            if back:
+                ticket.priority = True
+                self._add_ticket(player, ticket)
+                requeued.append(player_id)
+
+            # A player who disconnected is gone; everyone else hears of it at once.
+            target = player.session
+            if target is None or (player_id == culprit and event is CheckEvent.DISCONNECT):
+                continue
+            echo = rid if player_id == culprit else None
+            cancelled = m.MatchCancelled(match=check.match, reason=reason, requeued=back, rid=echo)
+            effects.append(fx.Send(target, cancelled))
+        effects.append(
+            fx.Event(
+                "match_cancelled",
+                {"match": check.match, "reason": reason, "player": culprit, "requeued": requeued},
+            )
+        )
+        return effects
+
+    def _finish(self, check: ReadyCheck, now: float, reason: str) -> list[fx.Effect]:
+        del self.checks[check.match]
+        self.finished[check.match] = (check.state, now)
+        return [fx.SaveMatch(self._record(check, MatchState.CANCELLED, now, reason))]
+
+    def _record(self, check: ReadyCheck, state: MatchState, now: float, reason: str | None) -> MatchRecord:
+        order = [player for team in check.teams for player in team]
+        return MatchRecord(
+            id=check.match,
+            queue=check.queue,
+            teams=check.teams,
+            ratings=tuple(tuple(check.tickets[p].rating for p in team) for team in check.teams),
+            state=state,
+            created_at=check.created_at,
+            ended_at=now,
+            reason=reason,
+            waits=tuple(round(check.created_at - check.tickets[p].waiting_since, 3) for p in order),
+        )

@@ -1,0 +1,59 @@
+"""Split a matched group of players into teams whose rating sums are as even as possible."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from math import comb
+from typing import Final
+
+from lobbyd.core.model import Ticket
+
+# Two-team splits are searched exhaustively up to this many candidate splits
+# (5v5 has 126, 8v8 has 6,435); larger teams fall back to the greedy split.
+MAX_EXHAUSTIVE_SPLITS: Final = 10_000
+
+
+def split_teams(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]]:
+    """Return ``team_count`` teams of ``team_size`` tickets with minimal rating-sum spread.
+
+    Two teams are split exhaustively when the search is small enough, else greedily:
+    strongest player first, each to the weakest team that still has room.
+    """
+    if len(tickets) != team_count * team_size:
+        msg = f"cannot split {len(tickets)} tickets into {team_count} teams of {team_size}"
+        raise ValueError(msg)
+    if team_count == 2 and comb(2 * team_size - 1, team_size - 1) <= MAX_EXHAUSTIVE_SPLITS:
+        return _best_two_team_split(tickets, team_size)
+    return _greedy_split(tickets, team_count, team_size)
+
+
+def _best_two_team_split(tickets: Sequence[Ticket], team_size: int) -> list[list[Ticket]]:
+    # Fixing the first ticket in team 0 visits each split once instead of twice.
+    total = sum(ticket.rating for ticket in tickets)
+    best: tuple[int, ...] = tuple(range(team_size))
+    best_gap: int | None = None
+    for rest in itertools.combinations(range(1, len(tickets)), team_size - 1):
+        chosen = (0, *rest)
+        first_sum = sum(tickets[i].rating for i in chosen)
+        gap = abs(total - 2 * first_sum)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = chosen, gap
+            if gap == 0:
+                break
+
+    in_first = set(best)
+    first = [tickets[i] for i in best]
+    second = [ticket for i, ticket in enumerate(tickets) if i not in in_first]
+    return [first, second]
+
+
+def _greedy_split(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]]:
+    teams: list[list[Ticket]] = [[] for _ in range(team_count)]
+    sums = [0] * team_count
+    for ticket in sorted(tickets, key=lambda t: (-t.rating, t.seq)):
+        open_teams = [i for i in range(team_count) if len(teams[i]) < team_size]
+        weakest = min(open_teams, key=lambda i: (sums[i], i))
+        teams[weakest].append(ticket)
+        sums[weakest] += ticket.rating
+    return teams

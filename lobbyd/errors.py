@@ -1,0 +1,109 @@
+"""The one exception tree of lobbyd.
+
+``RemoteError`` and its subclasses are the peer's fault and carry the wire ``code``
+that the client receives in an ``error`` message. Everything else is ours: it is
+logged with its traceback and reaches the wire only as the code ``internal``.
+This module imports nothing from lobbyd so that every layer may use it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LobbydError(Exception):
+    """Base of every exception that lobbyd raises on purpose."""
+
+
+class ConfigError(LobbydError):
+    """Invalid configuration: a bad key, value, flag or file."""
+
+
+class StoreError(LobbydError):
+    """Persistence failed: the database could not be opened, read or written."""
+
+
+class RemoteError(LobbydError):
+    """A peer broke the protocol or asked for something it may not have.
+
+    ``code`` is the wire error code; ``fatal`` errors close the connection after the
+    error is sent; ``rid`` is the request id to echo, when the request had a valid one.
+    """
+
+    code: ClassVar[str] = "invalid_request"
+    fatal: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, rid: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rid = rid
+
+
+class BadFrame(RemoteError):
+    """The byte stream cannot be framed or decoded; the connection is closed."""
+
+    code = "bad_frame"
+    fatal = True
+
+
+class UnknownType(RemoteError):
+    code = "unknown_type"
+
+
+class InvalidField(RemoteError):
+    code = "invalid_field"
+
+
+class NotAuthenticated(RemoteError):
+    code = "not_authenticated"
+
+
+class AlreadyAuthenticated(RemoteError):
+    code = "already_authenticated"
+
+
+class UnsupportedVersion(RemoteError):
+    code = "unsupported_version"
+
+
+class UnknownQueue(RemoteError):
+    code = "unknown_queue"
+
+
+class AlreadyQueued(RemoteError):
+    code = "already_queued"
+
+
+class NotQueued(RemoteError):
+    code = "not_queued"
+
+
+class InReadyCheck(RemoteError):
+    code = "in_ready_check"
+
+
+class UnknownMatch(RemoteError):
+    code = "unknown_match"
+
+
+class ShuttingDown(RemoteError):
+    code = "shutting_down"
+
+
+# Every error code a client can receive, for protocol.md and the conformance tests.
+# ``internal`` is sent when a request hit a bug of ours; the session stays open.
+ERROR_CODES: tuple[str, ...] = (
+    BadFrame.code,
+    UnknownType.code,
+    InvalidField.code,
+    NotAuthenticated.code,
+    AlreadyAuthenticated.code,
+    UnsupportedVersion.code,
+    UnknownQueue.code,
+    AlreadyQueued.code,
+    NotQueued.code,
+    InReadyCheck.code,
+    UnknownMatch.code,
+    ShuttingDown.code,
+    "internal",
+)

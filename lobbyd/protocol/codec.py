@@ -1,0 +1,238 @@
+"""Sans-IO codec for one connection: bytes in, messages out, and back.
+
+Theory of operation. The codec owns no socket. The caller feeds whatever bytes
+arrived with ``receive_data`` and then calls ``next_message`` until it returns
+``None``, which means "need more data". ``encode`` turns a server message into the
+bytes to write. The first byte a client sends picks the framing for the life of the
+connection:
+
+* ``{`` selects JSON lines: one JSON object per ``\\n``-terminated line, for people
+  debugging with netcat. A trailing ``\\r`` is dropped and empty lines are skipped.
+* A byte that can begin a valid 4-byte big-endian length selects binary framing:
+  the length N, then N bytes holding one msgpack map, with 1 <= N <= ``max_frame``.
+* Anything else is a ``BadFrame``.
+
+Errors split in two. A frame that cannot be decoded at all (too long, empty, not
+msgpack or JSON, not a map) raises ``BadFrame``, which is fatal: the codec stays
+broken and the caller sends the error and closes. A well-formed map that is not a
+valid message (unknown ``type``, missing or mistyped field) raises ``UnknownType``
+or ``InvalidField`` after the frame is consumed, so the caller answers and reads on.
+Either carries the request's ``rid`` when the map held a valid one.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+import msgspec
+
+from lobbyd.errors import BadFrame, InvalidField, RemoteError, UnknownType
+from lobbyd.protocol.messages import CLIENT_TYPES, MAX_RID, ClientMessage, ServerMessage
+
+# 64 KiB holds any v1 message with room to spare (a 5v5 match_start is about 400
+# bytes) while keeping a hostile peer's buffered bytes per connection small.
+DEFAULT_MAX_FRAME: Final = 65_536
+
+LENGTH_PREFIX_BYTES: Final = 4
+MAX_FRAME_LIMIT: Final = 2**32 - 1
+
+
+class Framing(enum.Enum):
+    UNDECIDED = "undecided"
+    BINARY = "binary"
+    JSON = "json"
+
+
+# Decoders and encoders are built once per process and shared by every codec.
+_MSGPACK_TYPED = msgspec.msgpack.Decoder(ClientMessage)
+_MSGPACK_RAW = msgspec.msgpack.Decoder()
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+_JSON_TYPED = msgspec.json.Decoder(ClientMessage)
+# The raw decoders only explain why a frame was invalid. float_hook=float turns an
+# out-of-range number such as 1e400 into inf instead of failing, so a frame that is
+# valid JSON with a bad field gets invalid_field, not bad_frame.
+_JSON_RAW = msgspec.json.Decoder(float_hook=float)
+_JSON_ENCODER = msgspec.json.Encoder()
+
+
+class Codec:
+    """Frame and parse one connection's traffic in either framing."""
+
+    __slots__ = ("_broken", "_buffer", "_max_frame", "_max_first_byte", "framing")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if not 1 <= max_frame <= MAX_FRAME_LIMIT:
+            msg = f"max_frame {max_frame} is outside 1..{MAX_FRAME_LIMIT}"
+            raise ValueError(msg)
+        self.framing = Framing.UNDECIDED
+        self._max_frame = max_frame
+        # The largest allowed length prefix starts with this byte or a smaller one.
+        self._max_first_byte = max_frame >> 24
+        self._buffer = bytearray()
+        self._broken: BadFrame | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed into a message."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        """Append bytes read from the connection; parse them with ``next_message``."""
+        self._buffer += data
+
+    def next_message(self) -> ClientMessage | None:
+        """Return the next complete message, or ``None`` when more bytes are needed.
+
+        Raises ``BadFrame`` (fatal, and raised again on every later call) or a
+        non-fatal ``RemoteError`` for a frame that decoded but is not a valid message.
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next_message()
+        except BadFrame as exc:
+            self._broken = exc
+            self._buffer.clear()
+            raise
+
+    def encode(self, message: ServerMessage) -> bytes:
+        """Return the bytes that carry ``message`` in this connection's framing.
+
+        A connection whose framing is still undecided (its first byte was invalid, or
+        it sent nothing yet) gets JSON, because such a peer is most likely a person.
+        """
+        if self.framing is Framing.BINARY:
+            payload = _MSGPACK_ENCODER.encode(message)
+            return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big") + payload
+        return _JSON_ENCODER.encode(message) + b"\n"
+
+    def _next_message(self) -> ClientMessage | None:
+        if self.framing is Framing.UNDECIDED:
+            if not self._buffer:
+                return None
+            self.framing = self._choose_framing(self._buffer[0])
+        if self.framing is Framing.BINARY:
+            return self._next_binary()
+        return self._next_json()
+
+    def _choose_framing(self, first: int) -> Framing:
+        if first == ord("{"):
+            return Framing.JSON
+        if first <= self._max_first_byte:
+            return Framing.BINARY
+        msg = (
+            f"first byte 0x{first:02x} starts neither framing: send a JSON object on one "
+            "line, or a 4-byte big-endian length followed by a msgpack map"
+        )
+        raise BadFrame(msg)
+
+    def _next_binary(self) -> ClientMessage | None:
+        buffer = self._buffer
+        if len(buffer) < LENGTH_PREFIX_BYTES:
+            return None
+        length = int.from_bytes(buffer[:LENGTH_PREFIX_BYTES], "big")
+        if length == 0:
+            msg = "frame length 0 is invalid: a frame holds one msgpack map of 1 or more bytes"
+            raise BadFrame(msg)
+        if length > self._max_frame:
+            msg = f"frame length {length} exceeds the maximum frame size of {self._max_frame} bytes"
+            raise BadFrame(msg)
+        end = LENGTH_PREFIX_BYTES + length
+        if len(buffer) < end:
+            return None
+        frame = bytes(buffer[LENGTH_PREFIX_BYTES:end])
+        del buffer[:end]
+        return _decode(frame, _MSGPACK_TYPED, _MSGPACK_RAW, "msgpack")
+
+    def _next_json(self) -> ClientMessage | None:
+        buffer = self._buffer
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                # A line of exactly max_frame bytes may still wait for the \n of its \r\n,
+                # so the verdict does not depend on where the stream was split.
+                limit = self._max_frame + 1 if buffer.endswith(b"\r") else self._max_frame
+                if len(buffer) > limit:
+                    msg = (
+                        f"line of more than {self._max_frame} bytes without a newline "
+                        "exceeds the maximum frame size"
+                    )
+                    raise BadFrame(msg)
+                return None
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self._max_frame:
+                msg = f"line of {len(line)} bytes exceeds the maximum frame size of {self._max_frame} bytes"
+                raise BadFrame(msg)
+            # Empty lines are what a person pressing Enter in netcat sends.
+            if line.strip():
+                return _decode(line, _JSON_TYPED, _JSON_RAW, "JSON")
+
+
+def _decode(
+    frame: bytes,
+    typed: msgspec.msgpack.Decoder[Any] | msgspec.json.Decoder[Any],
+    raw: msgspec.msgpack.Decoder[Any] | msgspec.json.Decoder[Any],
+    format_name: str,
+) -> ClientMessage:
+    try:
+        message: ClientMessage = typed.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _explain_invalid(frame, raw, format_name, exc) from None
+    except msgspec.DecodeError as exc:
+        msg = f"frame is not valid {format_name}: {_lower_first(str(exc))}"
+        raise BadFrame(msg) from None
+    except RecursionError:
+        raise _too_deep(format_name) from None
+    return message
+
+
+def _explain_invalid(
+    frame: bytes,
+    raw: msgspec.msgpack.Decoder[Any] | msgspec.json.Decoder[Any],
+    format_name: str,
+    exc: msgspec.ValidationError,
+) -> RemoteError:
+    """Turn a validation failure into the error the peer gets, with its rid if valid."""
+    try:
+        value = raw.decode(frame)
+    except msgspec.DecodeError as decode_exc:
+        msg = f"frame is not valid {format_name}: {_lower_first(str(decode_exc))}"
+        return BadFrame(msg)
+    except RecursionError:
+        return _too_deep(format_name)
+    if not isinstance(value, dict):
+        msg = f"frame holds a {format_name} {type(value).__name__}, expected a map with a `type` field"
+        return BadFrame(msg)
+
+    rid = _valid_rid(value.get("rid"))
+    kind = value.get("type")
+    if not isinstance(kind, str):
+        msg = "field `type` is missing or not a string: every message needs a string `type`"
+        return InvalidField(msg, rid=rid)
+    if kind not in CLIENT_TYPES:
+        known = ", ".join(sorted(CLIENT_TYPES))
+        return UnknownType(f"unknown message type {kind!r}: expected one of {known}", rid=rid)
+    return InvalidField(f"invalid {kind!r} message: {_lower_first(str(exc))}", rid=rid)
+
+
+def _too_deep(format_name: str) -> BadFrame:
+    # msgspec decodes nested arrays and maps recursively and raises RecursionError
+    # near Python's recursion limit (about 1,000 levels by default), which a frame
+    # of a few kilobytes can reach.
+    msg = f"{format_name} frame nests arrays or maps more deeply than the decoder allows"
+    return BadFrame(msg)
+
+
+def _valid_rid(value: object) -> int | None:
+    # bool is a subclass of int in Python, but JSON true is not a request id.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RID:
+        return value
+    return None
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

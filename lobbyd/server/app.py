@@ -1,0 +1,200 @@
+"""The daemon's life: start, serve, shut down.
+
+``start`` opens the store and binds the listener. ``serve`` runs the long-lived
+tasks (matchmaker, flusher, cleanup) in one ``TaskGroup`` until ``request_stop``.
+Shutdown then stops accepting, stops taking queue entries, tells every client
+``kicked`` {reason ``shutdown``}, waits a bounded time for sessions and match starts
+to finish, cancels stragglers and logs how many, and flushes the store last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+from lobbyd.config import Config
+from lobbyd.core.lobby import Lobby
+from lobbyd.core.model import PlayerRecord
+from lobbyd.errors import StoreError
+from lobbyd.server import logs
+from lobbyd.server.matchmaker import MatchmakerLoop
+from lobbyd.server.persistence import Persistence
+from lobbyd.server.registry import Registry
+from lobbyd.server.requests import Request
+from lobbyd.server.session import Session, SessionLimits
+from lobbyd.store.base import Store
+from lobbyd.store.memory import MemoryStore
+from lobbyd.store.sqlite import SqliteStore
+
+log = logs.get(__name__)
+
+DATABASE_FILE = "lobbyd.sqlite3"
+
+
+def new_match_id() -> str:
+    """Return a match id that sorts by creation time: milliseconds in hex, then 24 random bits."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(3)}"
+
+
+def open_store(config: Config) -> Store:
+    if config.store == "memory":
+        return MemoryStore()
+    return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
+
+
+class Server:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self.limits = SessionLimits(
+            max_frame=config.max_frame_bytes,
+            max_outgoing=config.max_outgoing_bytes,
+            hello_timeout=config.hello_timeout_ms / 1000,
+            heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
+        )
+        self.store = store if store is not None else open_store(config)
+        self.registry = Registry()
+        self.lobby = Lobby(config.queue_rules(), config.lobby_settings(), new_match_id)
+        self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
+        self.matchmaker = MatchmakerLoop(
+            self.lobby,
+            self.registry,
+            self.persistence,
+            tick_interval=config.tick_interval_ms / 1000,
+            send_timeout=config.send_timeout_ms / 1000,
+        )
+        self.address: tuple[str, int] | None = None
+        self._listener: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+
+    # What sessions need (the SessionHost protocol).
+
+    def submit(self, request: Request) -> None:
+        self.matchmaker.submit(request)
+
+    def register(self, session: Session) -> None:
+        self.registry.add(session)
+
+    def unregister(self, session: Session) -> None:
+        self.registry.remove(session)
+
+    async def load_player(self, player_id: str) -> PlayerRecord | None:
+        """Return the freshest record: lobby memory, then unwritten changes, then the store."""
+        record = self.lobby.known_record(player_id) or self.persistence.pending_player(player_id)
+        if record is not None:
+            return record
+        return await self.store.load_player(player_id)
+
+    # Life cycle.
+
+    async def run(self) -> None:
+        await self.start()
+        await self.serve()
+
+    async def start(self) -> None:
+        """Open the store and bind the listener; raises OSError if the port is taken."""
+        await self.store.open()
+        host, port = self.config.host_port
+        try:
+            self._listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
+        except OSError:
+            await self.store.close()
+            raise
+        self.address = self._listener.sockets[0].getsockname()[:2]
+        log.info(
+            "server_started",
+            listen=f"{self.address[0]}:{self.address[1]}",
+            store=self.config.store,
+            data_dir=self.config.data_dir,
+            queues=sorted(self.lobby.rules),
+        )
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; safe to call from a signal handler or twice."""
+        self._stop.set()
+
+    async def serve(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self.matchmaker.run()),
+                group.create_task(self.persistence.run()),
+                group.create_task(self._cleanup_loop()),
+            ]
+            await self._stop.wait()
+            await self._shut_down()
+            for task in tasks:
+                task.cancel()
+        await self._final_flush()
+        await self.store.close()
+        log.info("server_stopped")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await Session(reader, writer, self).run()
+        finally:
+            self._handlers.discard(task)
+
+    async def _shut_down(self) -> None:
+        started = time.monotonic()
+        timeout = self.config.shutdown_timeout_ms / 1000
+        log.info("shutdown_started", sessions=len(self.registry))
+        if self._listener is not None:
+            self._listener.close()
+        self.matchmaker.draining = True
+        for session in self.registry:
+            session.kick("shutdown")
+
+        stragglers = await _wait_bounded(self._handlers, timeout)
+        for task in stragglers:
+            task.cancel()
+        self.matchmaker.drain_requests()
+        remaining = max(timeout - (time.monotonic() - started), 0.1)
+        unfinished = await _wait_bounded(self.matchmaker.starts, remaining)
+        for task in unfinished:
+            task.cancel()
+        log.info(
+            "shutdown_sessions_closed",
+            cancelled_sessions=len(stragglers),
+            cancelled_starts=len(unfinished),
+            ms=round((time.monotonic() - started) * 1000),
+        )
+
+    async def _final_flush(self) -> None:
+        try:
+            written = await self.persistence.flush()
+        except StoreError as exc:
+            log.error("final_flush_failed", error=str(exc), lost=self.persistence.dirty)
+            return
+        log.info("final_flush_done", records=written)
+
+    async def _cleanup_loop(self) -> None:
+        interval = self.config.cleanup_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """Drop finished and idle records, and repair any session the lobby outlived."""
+        now = time.time()
+        # Sessions that closed a moment ago have their Gone still queued: apply it first.
+        self.matchmaker.drain_requests()
+        for session_id in [s for s in self.lobby.sessions if self.registry.get(s) is None]:
+            # Every closed session sends Gone, so this is a bug of ours: repair and say so.
+            log.error("stale_session_removed", session=session_id, player=self.lobby.sessions[session_id])
+            self.matchmaker.apply(self.lobby.disconnect(session_id, now))
+        dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
+        log.info("cleanup_done", dropped=dropped, players=len(self.lobby.players), sessions=len(self.registry))
+
+
+async def _wait_bounded(tasks: set[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
+    """Wait up to ``timeout`` s for ``tasks``; return those still running."""
+    pending = {task for task in tasks if not task.done()}
+    if not pending:
+        return set()
+    _, still_running = await asyncio.wait(pending, timeout=timeout)
+    return still_running

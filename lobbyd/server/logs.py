@@ -1,0 +1,42 @@
+"""structlog set-up: JSON lines for machines, readable lines on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Route every lobbyd log line through structlog at ``level``.
+
+    ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY, else JSON, which
+    journald and log shippers keep as one record per line).
+    """
+    out = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_console:
+        # The console renderer formats tracebacks itself.
+        processors.append(structlog.dev.ConsoleRenderer())
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str) -> Any:
+    """Return a logger for module ``name``; events are snake_case names with key-values."""
+    return structlog.get_logger(name)

@@ -1,0 +1,210 @@
+"""The matchmaker loop: the one task that changes lobby state.
+
+It takes requests from its ``asyncio.Queue`` in arrival order, applies each to the
+``Lobby`` in one synchronous call, carries out the effects, and every
+``tick_interval`` seconds runs the lobby's tick. Between two awaits nothing else runs,
+so no lock guards the lobby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Final
+
+from lobbyd.core import effects as fx
+from lobbyd.core.lobby import Lobby
+from lobbyd.core.model import MatchRecord
+from lobbyd.errors import RemoteError, ShuttingDown, StoreError
+from lobbyd.protocol import messages as m
+from lobbyd.server import logs
+from lobbyd.server.fanout import fan_out
+from lobbyd.server.persistence import Persistence
+from lobbyd.server.registry import Registry
+from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
+from lobbyd.server.session import Session
+
+# A started match is committed before anyone hears of it. These are the waits, in
+# seconds, between attempts when the store fails; after the last, the match is
+# cancelled rather than announced without a record.
+COMMIT_RETRY_DELAYS: Final = (0.05, 0.2, 1.0)
+
+log = logs.get(__name__)
+
+
+class MatchmakerLoop:
+    def __init__(
+        self,
+        lobby: Lobby,
+        registry: Registry,
+        persistence: Persistence,
+        *,
+        tick_interval: float,
+        send_timeout: float,
+    ) -> None:
+        self.lobby = lobby
+        self.registry = registry
+        self.persistence = persistence
+        self.tick_interval = tick_interval
+        self.send_timeout = send_timeout
+        self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.draining = False
+        self.starts: set[asyncio.Task[None]] = set()
+
+    def submit(self, request: Request) -> None:
+        self.requests.put_nowait(request)
+
+    async def run(self) -> None:
+        """Apply requests as they arrive and tick on schedule, until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.tick_interval
+        log.info("matchmaker_started", tick_interval_s=self.tick_interval)
+        try:
+            while True:
+                wait = next_tick - loop.time()
+                if wait > 0:
+                    try:
+                        async with asyncio.timeout(wait):
+                            self.handle(await self.requests.get())
+                    except TimeoutError:
+                        pass
+                self.drain_requests()
+                if loop.time() >= next_tick:
+                    self.tick()
+                    # A late tick does not trigger a burst of catch-up ticks.
+                    next_tick = max(next_tick + self.tick_interval, loop.time())
+        finally:
+            log.info("matchmaker_stopped")
+
+    def drain_requests(self) -> None:
+        """Apply every request already queued, without waiting."""
+        while not self.requests.empty():
+            self.handle(self.requests.get_nowait())
+
+    def tick(self) -> None:
+        try:
+            self.apply(self.lobby.tick(time.time()))
+        except Exception:
+            log.exception("tick_failed")
+
+    def handle(self, request: Request) -> None:
+        """Apply one request; a rejected request is answered with its error."""
+        session = request.session
+        if not isinstance(request, Gone):
+            session.inflight -= 1
+        try:
+            self.apply(self._dispatch(request))
+        except RemoteError as exc:
+            session.send(m.Error(code=exc.code, message=exc.message, rid=exc.rid))
+            session.log.info("request_rejected", code=exc.code)
+        except Exception:
+            session.log.exception("request_failed", request=type(request).__name__)
+            rid = request.message.rid if isinstance(request, Incoming) else None
+            session.send(m.Error(code="internal", message="the server failed to process this request", rid=rid))
+
+    def _dispatch(self, request: Request) -> list[fx.Effect]:
+        now = time.time()
+        session = request.session
+        if isinstance(request, Relay):
+            session.send(request.message)
+            return []
+        if isinstance(request, Gone):
+            return self.lobby.disconnect(session.id, now)
+        if not session.open:
+            return []
+        if isinstance(request, Login):
+            hello = request.hello
+            return self.lobby.connect(session.id, request.record, hello.player, hello.name, now, hello.rid)
+        if session.id not in self.lobby.sessions:
+            # A session replaced by a newer login; it is already being closed.
+            return []
+        return self._request(session, request.message, now)
+
+    def _request(self, session: Session, message: m.ClientMessage, now: float) -> list[fx.Effect]:
+        if isinstance(message, m.JoinQueue):
+            if self.draining:
+                msg = "the server is shutting down and takes no new queue entries; reconnect shortly"
+                raise ShuttingDown(msg, rid=message.rid)
+            return self.lobby.join_queue(session.id, message.queue, now, message.rid)
+        if isinstance(message, m.LeaveQueue):
+            return self.lobby.leave_queue(session.id, message.queue, now, message.rid)
+        if isinstance(message, m.Accept):
+            return self.lobby.accept(session.id, message.match, now, message.rid)
+        if isinstance(message, m.Decline):
+            return self.lobby.decline(session.id, message.match, now, message.rid)
+        msg = f"no lobby handler for {type(message).__name__}"
+        raise TypeError(msg)
+
+    # Effects.
+
+    def apply(self, effects: Iterable[fx.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, fx.Send):
+                self._send(effect)
+            elif isinstance(effect, fx.Close):
+                self._close(effect)
+            elif isinstance(effect, fx.OfferMatch):
+                self._offer(effect)
+            elif isinstance(effect, fx.StartMatch):
+                self._spawn_start(effect)
+            elif isinstance(effect, fx.SavePlayer):
+                self.persistence.mark_player(effect.record)
+            elif isinstance(effect, fx.SaveMatch):
+                self.persistence.mark_match(effect.record)
+            elif isinstance(effect, fx.Event):
+                log.info(effect.name, **effect.fields)
+
+    def _send(self, effect: fx.Send) -> None:
+        session = self.registry.get(effect.session)
+        if session is not None:
+            session.send(effect.message)
+
+    def _close(self, effect: fx.Close) -> None:
+        session = self.registry.get(effect.session)
+        if session is not None:
+            session.close(effect.reason)
+
+    def _offer(self, effect: fx.OfferMatch) -> None:
+        # A player whose connection is already closing cannot take match_found, so
+        # the match is voided before anyone hears of it.
+        lost = [self.lobby.sessions[send.session] for send in effect.sends if not self._reachable(send.session)]
+        if lost:
+            self.apply(self.lobby.void_match(effect.match, lost, time.time()))
+            return
+        for send in effect.sends:
+            self._send(send)
+
+    def _reachable(self, session_id: str) -> bool:
+        session = self.registry.get(session_id)
+        return session is not None and session.open
+
+    def _spawn_start(self, effect: fx.StartMatch) -> None:
+        task = asyncio.create_task(self._start(effect.record, effect.sends))
+        self.starts.add(task)
+        task.add_done_callback(self.starts.discard)
+
+    async def _start(self, record: MatchRecord, sends: tuple[fx.Send, ...]) -> None:
+        if not await self._commit(record):
+            cancelled = [
+                fx.Send(send.session, m.MatchCancelled(match=record.id, reason="storage_failed", requeued=False))
+                for send in sends
+            ]
+            self.apply(cancelled)
+            return
+        log.info("match_started", match=record.id, queue=record.queue, teams=[list(t) for t in record.teams])
+        delivered = await fan_out(sends, self.registry, self.send_timeout)
+        if delivered < len(sends):
+            log.info("match_start_partial", match=record.id, delivered=delivered, players=len(sends))
+
+    async def _commit(self, record: MatchRecord) -> bool:
+        for attempt, delay in enumerate((*COMMIT_RETRY_DELAYS, None), start=1):
+            try:
+                await self.persistence.commit_match(record)
+                return True
+            except StoreError as exc:
+                log.error("match_commit_failed", match=record.id, attempt=attempt, error=str(exc))
+                if delay is None:
+                    return False
+                await asyncio.sleep(delay)
+        return False

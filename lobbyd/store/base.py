@@ -1,0 +1,37 @@
+"""The storage interface every backend implements.
+
+Memory is authoritative while the daemon runs; a store is where it writes players and
+finished matches so that a restart, or a crash, loses nothing a client was told.
+``save`` writes one batch atomically: all of it or none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from lobbyd.core.model import MatchRecord, PlayerRecord
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect, create the schema when missing, and check it can be written."""
+
+    async def close(self) -> None:
+        """Release connections; calling it twice is harmless."""
+
+    async def load_player(self, player_id: str) -> PlayerRecord | None:
+        """Return the stored record of ``player_id``, or ``None`` for an unknown player."""
+
+    async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
+        """Upsert ``players`` and ``matches`` in one transaction.
+
+        A later record of the same id replaces the earlier one. Raises ``StoreError``
+        when the write fails; nothing of the batch is stored then.
+        """
+
+    async def load_match(self, match_id: str) -> MatchRecord | None:
+        """Return the stored match ``match_id``, or ``None``."""
+
+    async def count_matches(self) -> int:
+        """Return how many matches are stored, in any state."""

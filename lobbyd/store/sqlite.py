@@ -1,0 +1,320 @@
+"""The SQLite store: players and finished matches in one local database file.
+
+It owns the schema, its version in ``PRAGMA user_version`` and the connection settings.
+One connection serves every call. Each call runs in a worker thread through
+``asyncio.to_thread``, and a ``threading.Lock`` lets one call at a time use the
+connection, because the worker threads differ from call to call.
+
+Cancelling a call does not stop its worker thread. A cancelled ``save`` may still
+commit, and a later call waits until it has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final, TypeVar
+
+import msgspec
+
+from lobbyd.core.model import MatchRecord, MatchState, PlayerRecord
+from lobbyd.errors import StoreError
+
+SCHEMA_VERSION: Final = 1
+
+# Statements that migrate a database from schema version ``n - 1`` to ``n``, keyed by ``n``.
+MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """
+        CREATE TABLE players (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            rating INTEGER NOT NULL,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE matches (
+            id TEXT PRIMARY KEY,
+            queue TEXT NOT NULL,
+            teams TEXT NOT NULL,    -- JSON list of teams, each a list of player ids
+            ratings TEXT NOT NULL,  -- JSON list of teams, each a list of ratings
+            waits TEXT NOT NULL,    -- JSON list of seconds waited, in team order
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            ended_at REAL NOT NULL,
+            reason TEXT
+        )
+        """,
+    ),
+}
+
+# In WAL mode, NORMAL loses no committed transaction when the process crashes or is
+# killed (kill -9), but the last commits may roll back after power loss or an OS crash.
+# FULL syncs the WAL on every commit, so commits also survive power loss. Source: the
+# SQLite documentation of PRAGMA synchronous.
+SYNCHRONOUS_MODES: Final = ("normal", "full")
+
+# How long a write waits for another connection to the same file (a backup or the
+# sqlite3 shell) to release its lock before failing with "database is locked".
+BUSY_TIMEOUT_MS: Final = 5_000
+
+_UPSERT_PLAYER: Final = """
+    INSERT INTO players (id, name, rating, first_seen, last_seen)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        name = excluded.name,
+        rating = excluded.rating,
+        first_seen = excluded.first_seen,
+        last_seen = excluded.last_seen
+"""
+
+_UPSERT_MATCH: Final = """
+    INSERT INTO matches (id, queue, teams, ratings, waits, state, created_at, ended_at, reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT(id) DO UPDATE SET
+        queue = excluded.queue,
+        teams = excluded.teams,
+        ratings = excluded.ratings,
+        waits = excluded.waits,
+        state = excluded.state,
+        created_at = excluded.created_at,
+        ended_at = excluded.ended_at,
+        reason = excluded.reason
+"""
+
+_json_encoder: Final = msgspec.json.Encoder()
+_teams_decoder: Final = msgspec.json.Decoder(tuple[tuple[str, ...], ...])
+_ratings_decoder: Final = msgspec.json.Decoder(tuple[tuple[int, ...], ...])
+_waits_decoder: Final = msgspec.json.Decoder(tuple[float, ...])
+
+# A matches row without its id: queue, teams, ratings, waits, state, created_at, ended_at, reason.
+_MatchRow = tuple[str, str, str, str, str, float, float, str | None]
+
+_T = TypeVar("_T")
+
+
+class SqliteStore:
+    """The ``Store`` interface on a SQLite database file in WAL mode.
+
+    ``synchronous`` is ``"normal"`` or ``"full"``, and any other value raises ``ValueError``.
+    Every ``sqlite3.Error`` reaches the caller as ``StoreError``, naming the file and
+    the operation. A call on a store that is not open raises ``StoreError``.
+    """
+
+    def __init__(self, path: pathlib.Path, synchronous: str = "normal") -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            msg = f"invalid synchronous mode {synchronous!r}: expected 'normal' or 'full'"
+            raise ValueError(msg)
+        self.path = path
+        self.synchronous = synchronous
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        """Open the file, creating it and its directory when missing, and migrate the schema.
+
+        Raises ``StoreError`` when the file cannot be opened or written, or when its
+        schema is newer than this code. Calling it again while open does nothing.
+        """
+        await asyncio.to_thread(self._open_blocking)
+
+    async def close(self) -> None:
+        """Close the connection. Calling it twice is harmless."""
+        await asyncio.to_thread(self._close_blocking)
+
+    async def load_player(self, player_id: str) -> PlayerRecord | None:
+        return await self._run(
+            "load_player", lambda connection: _select_player(connection, player_id)
+        )
+
+    async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
+        """Upsert ``players`` and ``matches`` in one transaction: all of them or none."""
+        player_rows = [_player_row(record) for record in players]
+        match_rows = [_match_row(record) for record in matches]
+        await self._run("save", lambda connection: _upsert(connection, player_rows, match_rows))
+
+    async def load_match(self, match_id: str) -> MatchRecord | None:
+        """Return the stored match ``match_id``, or ``None``.
+
+        Raises ``StoreError`` when the stored row does not decode into a ``MatchRecord``.
+        """
+        row = await self._run(
+            "load_match", lambda connection: _select_match_row(connection, match_id)
+        )
+        if row is None:
+            return None
+        try:
+            return _match_from_row(match_id, row)
+        except (msgspec.DecodeError, ValueError) as exc:
+            msg = f"sqlite load_match on {self.path} failed: match {match_id!r} is invalid: {exc}"
+            raise StoreError(msg) from exc
+
+    async def count_matches(self) -> int:
+        return await self._run("count_matches", _count_matches)
+
+    async def _run(self, operation: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Call ``function`` with the connection in a worker thread, holding the lock."""
+        return await asyncio.to_thread(self._run_blocking, operation, function)
+
+    def _run_blocking(self, operation: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock, self._translate_errors(operation):
+            if self._connection is None:
+                msg = f"sqlite {operation} on {self.path} failed: the store is not open"
+                raise StoreError(msg)
+            return function(self._connection)
+
+    def _open_blocking(self) -> None:
+        with self._lock, self._translate_errors("open"):
+            if self._connection is not None:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                msg = f"sqlite open on {self.path} failed: {exc}"
+                raise StoreError(msg) from exc
+
+            # isolation_level=None leaves transactions to the explicit BEGIN and COMMIT below.
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                self._configure(connection)
+                _migrate(connection, self.path)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+
+    def _configure(self, connection: sqlite3.Connection) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            msg = (
+                f"sqlite open on {self.path} failed: journal_mode is {mode!r} instead of 'wal'. "
+                "WAL needs a local file system that supports shared memory."
+            )
+            raise StoreError(msg)
+        # The value was checked against SYNCHRONOUS_MODES in __init__, so it is safe to format.
+        connection.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+
+    def _close_blocking(self) -> None:
+        with self._lock, self._translate_errors("close"):
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                connection.close()
+
+    @contextlib.contextmanager
+    def _translate_errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            msg = f"sqlite {operation} on {self.path} failed: {exc}"
+            raise StoreError(msg) from exc
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """Run the body in one transaction that holds the write lock from its start."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        # SQLite itself rolls back after some errors, such as a full disk. That is safe
+        # here because Connection.rollback() does nothing when no transaction is open.
+        connection.rollback()
+        raise
+
+
+def _migrate(connection: sqlite3.Connection, path: pathlib.Path) -> None:
+    """Bring the schema to ``SCHEMA_VERSION``, taking the write lock even when it is current.
+
+    Taking the lock checks that the file can be written before the daemon accepts players.
+    """
+    with _write_transaction(connection):
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            msg = (
+                f"sqlite open on {path} failed: schema version {version} is newer than "
+                f"{SCHEMA_VERSION}, the newest this lobbyd supports. "
+                "Upgrade lobbyd or use another database file."
+            )
+            raise StoreError(msg)
+
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                connection.execute(statement)
+        # PRAGMA statements accept no bound parameters, so the int constant is formatted in.
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _player_row(record: PlayerRecord) -> tuple[object, ...]:
+    return (record.id, record.name, record.rating, record.first_seen, record.last_seen)
+
+
+def _match_row(record: MatchRecord) -> tuple[object, ...]:
+    return (
+        record.id,
+        record.queue,
+        _json_encoder.encode(record.teams).decode(),
+        _json_encoder.encode(record.ratings).decode(),
+        _json_encoder.encode(record.waits).decode(),
+        record.state.value,
+        record.created_at,
+        record.ended_at,
+        record.reason,
+    )
+
+
+def _upsert(
+    connection: sqlite3.Connection,
+    player_rows: list[tuple[object, ...]],
+    match_rows: list[tuple[object, ...]],
+) -> None:
+    with _write_transaction(connection):
+        connection.executemany(_UPSERT_PLAYER, player_rows)
+        connection.executemany(_UPSERT_MATCH, match_rows)
+
+
+def _select_player(connection: sqlite3.Connection, player_id: str) -> PlayerRecord | None:
+    row = connection.execute(
+        "SELECT name, rating, first_seen, last_seen FROM players WHERE id = ?", (player_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    name, rating, first_seen, last_seen = row
+    return PlayerRecord(player_id, name, rating, first_seen, last_seen)
+
+
+def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRow | None:
+    row: _MatchRow | None = connection.execute(
+        "SELECT queue, teams, ratings, waits, state, created_at, ended_at, reason"
+        " FROM matches WHERE id = ?",
+        (match_id,),
+    ).fetchone()
+    return row
+
+
+def _match_from_row(match_id: str, row: _MatchRow) -> MatchRecord:
+    """Build a ``MatchRecord``, raising ``msgspec.DecodeError`` or ``ValueError`` on bad data."""
+    queue, teams, ratings, waits, state, created_at, ended_at, reason = row
+    return MatchRecord(
+        id=match_id,
+        queue=queue,
+        teams=_teams_decoder.decode(teams),
+        ratings=_ratings_decoder.decode(ratings),
+        state=MatchState(state),
+        created_at=created_at,
+        ended_at=ended_at,
+        reason=reason,
+        waits=_waits_decoder.decode(waits),
+    )
+
+
+def _count_matches(connection: sqlite3.Connection) -> int:
+    (count,) = connection.execute("SELECT count(*) FROM matches").fetchone()
+    return int(count)

@@ -1,0 +1,105 @@
+"""Shared fixtures: a real daemon on a loopback port and clients that talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import uvloop
+
+from lobbyd import config as config_module
+from lobbyd.client import LobbyClient
+from lobbyd.server import logs
+from lobbyd.server.app import Server
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    # The daemon runs on uvloop in production, so the tests do too.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    logs.configure("warning", "json")
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> config_module.Config:
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "data"),
+        "tick_interval_ms": 20,
+        "flush_interval_ms": 50,
+    }
+    settings.update(overrides)
+    return config_module.load(environ={}, overrides=settings)
+
+
+class RunningServer:
+    """A Server serving in a background task, stopped by the fixture."""
+
+    def __init__(self, server: Server, task: asyncio.Task[None]) -> None:
+        self.server = server
+        self.task = task
+
+    @property
+    def address(self) -> str:
+        assert self.server.address is not None
+        host, port = self.server.address
+        return f"{host}:{port}"
+
+    async def stop(self) -> None:
+        self.server.request_stop()
+        await asyncio.wait_for(self.task, 10)
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    running: list[RunningServer] = []
+
+    async def start(**overrides: Any) -> RunningServer:
+        server = Server(make_config(tmp_path, **overrides))
+        await server.start()
+        handle = RunningServer(server, asyncio.create_task(server.serve()))
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if not handle.task.done():
+            await handle.stop()
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory) -> RunningServer:
+    return await start_server()
+
+
+ClientFactory = Callable[..., Awaitable[LobbyClient]]
+
+
+@pytest.fixture
+async def connect(server: RunningServer) -> AsyncIterator[ClientFactory]:
+    clients: list[LobbyClient] = []
+
+    async def open_client(player: str | None = None, *, json_lines: bool = False, target: RunningServer | None = None) -> LobbyClient:
+        client = await LobbyClient.connect((target or server).address, json_lines=json_lines)
+        clients.append(client)
+        if player is not None:
+            await client.hello(player)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    payload = msgspec.msgpack.encode(message)
+    return len(payload).to_bytes(4, "big") + payload

@@ -1,0 +1,301 @@
+"""Tests of the ``Store`` contract on every backend, and of what only the SQLite store does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import sqlite3
+from collections.abc import AsyncIterator
+
+import pytest
+
+from lobbyd.core.model import MatchRecord, MatchState, PlayerRecord
+from lobbyd.errors import StoreError
+from lobbyd.store.base import Store
+from lobbyd.store.memory import MemoryStore
+from lobbyd.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+ALICE = PlayerRecord(
+    id="p-alice",
+    name="Alice 🎮",
+    rating=1523,
+    first_seen=1_700_000_000.125,
+    last_seen=1_700_003_600.1,
+)
+BOB = PlayerRecord(
+    id="p-bob",
+    name="Bob",
+    rating=-7,
+    first_seen=0.1,
+    last_seen=1e-9,
+)
+
+STARTED = MatchRecord(
+    id="m-1",
+    queue="duel-2v2",
+    teams=(("p-alice", "p-carol"), ("p-bob", "p-dave")),
+    ratings=((1523, 1490), (1501, 1777)),
+    state=MatchState.STARTED,
+    created_at=1_700_000_100.5,
+    ended_at=1_700_000_104.25,
+    reason=None,
+    waits=(12.5, 0.1, 3.0, 61.03125),
+)
+CANCELLED = MatchRecord(
+    id="m-2",
+    queue="duel-1v1",
+    teams=(("p-alice",), ("p-bob",)),
+    ratings=((1523,), (1501,)),
+    state=MatchState.CANCELLED,
+    created_at=1_700_000_200.0,
+    ended_at=1_700_000_210.0,
+    reason="declined",
+    waits=(4.0, 9.5),
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
+    path = tmp_path / "lobbyd.db"
+    backend: Store = MemoryStore() if request.param == "memory" else SqliteStore(path)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: pathlib.Path) -> AsyncIterator[SqliteStore]:
+    backend = SqliteStore(tmp_path / "lobbyd.db")
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def read_pragma(path: pathlib.Path, name: str) -> object:
+    """Return the value of ``PRAGMA name`` read through a separate connection."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        (value,) = connection.execute(f"PRAGMA {name}").fetchone()
+    return value
+
+
+# Contract tests, run against every backend.
+
+
+async def test_unknown_player_is_none(store: Store) -> None:
+    assert await store.load_player("p-nobody") is None
+
+
+async def test_unknown_match_is_none(store: Store) -> None:
+    assert await store.load_match("m-nothing") is None
+
+
+async def test_player_round_trips(store: Store) -> None:
+    await store.save([ALICE, BOB], [])
+
+    assert await store.load_player(ALICE.id) == ALICE
+    assert await store.load_player(BOB.id) == BOB
+
+
+@pytest.mark.parametrize("match", [STARTED, CANCELLED], ids=["started", "cancelled"])
+async def test_match_round_trips(store: Store, match: MatchRecord) -> None:
+    await store.save([], [match])
+
+    loaded = await store.load_match(match.id)
+
+    assert loaded == match
+    # Equality already fails on a list in place of a tuple. These asserts name the broken field.
+    assert loaded is not None
+    assert isinstance(loaded.teams[0], tuple)
+    assert isinstance(loaded.ratings[0], tuple)
+    assert isinstance(loaded.waits, tuple)
+    assert loaded.state is match.state
+
+
+async def test_later_save_replaces_player(store: Store) -> None:
+    renamed = PlayerRecord(ALICE.id, "Alicia", 1600, ALICE.first_seen + 1, ALICE.last_seen + 60)
+    await store.save([ALICE], [])
+
+    await store.save([renamed], [])
+
+    assert await store.load_player(ALICE.id) == renamed
+
+
+async def test_later_save_replaces_match(store: Store) -> None:
+    ended = MatchRecord(
+        id=STARTED.id,
+        queue="other",
+        teams=(("p-x",), ("p-y",)),
+        ratings=((1,), (2,)),
+        state=MatchState.CANCELLED,
+        created_at=1.0,
+        ended_at=2.0,
+        reason="timeout",
+        waits=(),
+    )
+    await store.save([], [STARTED])
+
+    await store.save([], [ended])
+
+    assert await store.load_match(STARTED.id) == ended
+    assert await store.count_matches() == 1
+
+
+async def test_same_batch_last_wins(store: Store) -> None:
+    renamed = PlayerRecord(ALICE.id, "Alicia", 1600, ALICE.first_seen, ALICE.last_seen)
+
+    await store.save([ALICE, renamed], [])
+
+    assert await store.load_player(ALICE.id) == renamed
+
+
+async def test_empty_save_is_harmless(store: Store) -> None:
+    await store.save([], [])
+
+    assert await store.count_matches() == 0
+
+
+async def test_count_matches_counts_every_state(store: Store) -> None:
+    assert await store.count_matches() == 0
+
+    await store.save([ALICE], [STARTED])
+    assert await store.count_matches() == 1
+
+    await store.save([], [CANCELLED, STARTED])
+    assert await store.count_matches() == 2
+
+
+async def test_concurrent_saves_all_stored(store: Store) -> None:
+    matches = [
+        MatchRecord(f"m-{n}", "duel-1v1", (("p-a",), ("p-b",)), ((1,), (2,)), STARTED.state, n, n)
+        for n in range(20)
+    ]
+
+    await asyncio.gather(*(store.save([], [match]) for match in matches))
+
+    assert await store.count_matches() == len(matches)
+
+
+async def test_close_twice_is_harmless(store: Store) -> None:
+    await store.close()
+
+    await store.close()
+
+
+# Tests of the SQLite store only.
+
+
+async def test_sqlite_data_survives_reopen(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "lobbyd.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.save([ALICE, BOB], [STARTED, CANCELLED])
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await second.load_player(ALICE.id) == ALICE
+        assert await second.load_player(BOB.id) == BOB
+        assert await second.load_match(STARTED.id) == STARTED
+        assert await second.load_match(CANCELLED.id) == CANCELLED
+        assert await second.count_matches() == 2
+    finally:
+        await second.close()
+
+
+async def test_sqlite_failed_batch_stores_nothing(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.save([ALICE], [])
+    renamed = PlayerRecord(ALICE.id, "Alicia", 1600, ALICE.first_seen, ALICE.last_seen)
+    nameless = PlayerRecord("p-nameless", None, 1500, 1.0, 1.0)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError) as caught:
+        await sqlite_store.save([renamed, BOB, nameless], [STARTED])
+
+    assert await sqlite_store.load_player(ALICE.id) == ALICE
+    assert await sqlite_store.load_player(BOB.id) is None
+    assert await sqlite_store.load_player("p-nameless") is None
+    assert await sqlite_store.load_match(STARTED.id) is None
+    assert await sqlite_store.count_matches() == 0
+    assert str(sqlite_store.path) in str(caught.value)
+    assert "save" in str(caught.value)
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+
+
+async def test_sqlite_store_usable_after_failure(sqlite_store: SqliteStore) -> None:
+    nameless = PlayerRecord("p-nameless", None, 1500, 1.0, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await sqlite_store.save([nameless], [])
+
+    await sqlite_store.save([ALICE], [STARTED])
+
+    assert await sqlite_store.load_player(ALICE.id) == ALICE
+    assert await sqlite_store.count_matches() == 1
+
+
+async def test_sqlite_newer_schema_rejected(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "lobbyd.db"
+    newer = SCHEMA_VERSION + 1
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(f"PRAGMA user_version = {newer}")
+    store = SqliteStore(path)
+
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+
+    assert str(path) in str(caught.value)
+    assert f"schema version {newer}" in str(caught.value)
+    assert read_pragma(path, "user_version") == newer
+    await store.close()
+
+
+def test_sqlite_bogus_synchronous_rejected(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        SqliteStore(tmp_path / "lobbyd.db", synchronous="bogus")
+
+
+async def test_sqlite_synchronous_full_opens(tmp_path: pathlib.Path) -> None:
+    store = SqliteStore(tmp_path / "lobbyd.db", synchronous="full")
+    await store.open()
+    try:
+        await store.save([ALICE], [])
+        assert await store.load_player(ALICE.id) == ALICE
+    finally:
+        await store.close()
+
+
+async def test_sqlite_open_creates_database(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "missing" / "dir" / "lobbyd.db"
+    store = SqliteStore(path)
+
+    await store.open()
+    await store.close()
+
+    assert path.is_file()
+    assert read_pragma(path, "journal_mode") == "wal"
+    assert read_pragma(path, "user_version") == SCHEMA_VERSION
+
+
+async def test_sqlite_open_twice_keeps_data(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.save([ALICE], [])
+
+    await sqlite_store.open()
+
+    assert await sqlite_store.load_player(ALICE.id) == ALICE
+
+
+async def test_sqlite_closed_store_raises(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.close()
+
+    with pytest.raises(StoreError, match="not open"):
+        await sqlite_store.load_player(ALICE.id)
+
+
+async def test_sqlite_invalid_match_row_raises(sqlite_store: SqliteStore) -> None:
+    await sqlite_store.save([], [STARTED])
+    with contextlib.closing(sqlite3.connect(sqlite_store.path)) as connection:
+        connection.execute("UPDATE matches SET state = 'exploded' WHERE id = ?", (STARTED.id,))
+        connection.commit()
+
+    with pytest.raises(StoreError, match="exploded"):
+        await sqlite_store.load_match(STARTED.id)
