@@ -59,37 +59,59 @@ class RunningServer:
 ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
-@pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
-    running: list[RunningServer] = []
+class Servers:
+    """The servers a test started; the last one is where clients connect by default."""
 
-    async def start(**overrides: Any) -> RunningServer:
-        server = Server(make_config(tmp_path, **overrides))
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.running: list[RunningServer] = []
+
+    async def start(self, **overrides: Any) -> RunningServer:
+        server = Server(make_config(self.tmp_path, **overrides))
         await server.start()
         handle = RunningServer(server, asyncio.create_task(server.serve()))
-        running.append(handle)
+        self.running.append(handle)
         return handle
 
-    yield start
-    for handle in running:
-        if not handle.task.done():
-            await handle.stop()
+    async def current(self) -> RunningServer:
+        return self.running[-1] if self.running else await self.start()
+
+    async def stop_all(self) -> None:
+        for handle in self.running:
+            if not handle.task.done():
+                await handle.stop()
 
 
 @pytest.fixture
-async def server(start_server: ServerFactory) -> RunningServer:
-    return await start_server()
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    await started.stop_all()
+
+
+@pytest.fixture
+def start_server(servers: Servers) -> ServerFactory:
+    return servers.start
+
+
+@pytest.fixture
+async def server(servers: Servers) -> RunningServer:
+    return await servers.current()
 
 
 ClientFactory = Callable[..., Awaitable[LobbyClient]]
 
 
 @pytest.fixture
-async def connect(server: RunningServer) -> AsyncIterator[ClientFactory]:
+async def connect(servers: Servers) -> AsyncIterator[ClientFactory]:
+    """Open a client to ``target`` or the last server started; say hello when given a player."""
     clients: list[LobbyClient] = []
 
-    async def open_client(player: str | None = None, *, json_lines: bool = False, target: RunningServer | None = None) -> LobbyClient:
-        client = await LobbyClient.connect((target or server).address, json_lines=json_lines)
+    async def open_client(
+        player: str | None = None, *, json_lines: bool = False, target: RunningServer | None = None
+    ) -> LobbyClient:
+        destination = target or await servers.current()
+        client = await LobbyClient.connect(destination.address, json_lines=json_lines)
         clients.append(client)
         if player is not None:
             await client.hello(player)
