@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "client":
-        from lobbyd.client import run_cli as run_client
+        from lobbyd.client_cli import run_cli as run_client
 
         return run_client(args)
     from lobbyd.sim import run_cli as run_sim

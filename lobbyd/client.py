@@ -7,6 +7,7 @@ that it can also show messages this version of the client does not know.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import Any, Final
 
@@ -95,10 +96,8 @@ class LobbyClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass
 
     async def _recv_binary(self) -> dict[str, Any]:
         try:
@@ -109,16 +108,20 @@ class LobbyClient:
                 raise ClientError(msg)
             payload = await self.reader.readexactly(length)
         except asyncio.IncompleteReadError:
-            raise ClientError("server closed the connection") from None
+            msg = "server closed the connection"
+            raise ClientError(msg) from None
         except ConnectionError as exc:
-            raise ClientError(f"connection lost: {exc}") from None
+            msg = f"connection lost: {exc}"
+            raise ClientError(msg) from None
         return _DECODE_MSGPACK.decode(payload)
 
     async def _recv_json(self) -> dict[str, Any]:
         try:
             line = await self.reader.readline()
         except ConnectionError as exc:
-            raise ClientError(f"connection lost: {exc}") from None
+            msg = f"connection lost: {exc}"
+            raise ClientError(msg) from None
         if not line.endswith(b"\n"):
-            raise ClientError("server closed the connection")
+            msg = "server closed the connection"
+            raise ClientError(msg)
         return _DECODE_JSON.decode(line)

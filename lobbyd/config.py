@@ -174,20 +174,23 @@ def _convert(raw: Mapping[str, Any], source: str) -> Config:
     try:
         config = msgspec.convert(settings, Config, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}:{_explain(str(exc), '')}") from None
+        msg = f"{source}:{_explain(str(exc), '')}"
+        raise ConfigError(msg) from None
     if queues is None:
         return config
     if not isinstance(queues, dict):
         msg = f"{source}:queues: expected a table of queues, got {type(queues).__name__}"
         raise ConfigError(msg)
-    return msgspec.structs.replace(config, queues={name: _convert_queue(name, value, source) for name, value in queues.items()})
+    converted = {name: _convert_queue(name, value, source) for name, value in queues.items()}
+    return msgspec.structs.replace(config, queues=converted)
 
 
 def _convert_queue(name: str, raw: object, source: str) -> QueueConfig:
     try:
         return msgspec.convert(raw, QueueConfig, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}:{_explain(str(exc), f'queues.{name}')}") from None
+        msg = f"{source}:{_explain(str(exc), f'queues.{name}')}"
+        raise ConfigError(msg) from None
 
 
 def _explain(message: str, prefix: str) -> str:
@@ -208,7 +211,8 @@ def _check(config: Config, source: str) -> None:
     try:
         parse_listen(config.listen)
     except ConfigError as exc:
-        raise ConfigError(f"{source}:{exc}") from None
+        msg = f"{source}:{exc}"
+        raise ConfigError(msg) from None
     if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:
         msg = (
             f"{source}:heartbeat_timeout_ms: {config.heartbeat_timeout_ms} must be greater than "

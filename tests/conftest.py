@@ -17,7 +17,9 @@ from lobbyd.server import logs
 from lobbyd.server.app import Server
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     # The daemon runs on uvloop in production, so the tests do too.
     return {"uvloop": uvloop.new_event_loop}
 

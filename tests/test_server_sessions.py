@@ -37,7 +37,9 @@ async def drain_for(client: LobbyClient, seconds: float) -> list[dict[str, objec
         return seen
 
 
-async def queue_pair(connect: ClientFactory, first: str, second: str, queue: str = "1v1") -> tuple[LobbyClient, LobbyClient]:
+async def queue_pair(
+    connect: ClientFactory, first: str, second: str, queue: str = "1v1"
+) -> tuple[LobbyClient, LobbyClient]:
     a = await connect(first)
     b = await connect(second)
     for client in (a, b):

@@ -59,7 +59,7 @@ _JSON_ENCODER = msgspec.json.Encoder()
 class Codec:
     """Frame and parse one connection's traffic in either framing."""
 
-    __slots__ = ("_broken", "_buffer", "_max_frame", "_max_first_byte", "framing")
+    __slots__ = ("_broken", "_buffer", "_max_first_byte", "_max_frame", "framing")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 1 <= max_frame <= MAX_FRAME_LIMIT:

@@ -41,30 +41,30 @@ class _Message(msgspec.Struct, tag_field="type", frozen=True, omit_defaults=True
 # Client to server.
 
 
-class Hello(_Message, tag="hello"):
+class Hello(_Message, tag="hello", frozen=True):
     v: Version
     player: Identifier
     name: DisplayName | None = None
     token: Token | None = None
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, tag="ping", frozen=True):
     pass
 
 
-class JoinQueue(_Message, tag="join_queue"):
+class JoinQueue(_Message, tag="join_queue", frozen=True):
     queue: Identifier
 
 
-class LeaveQueue(_Message, tag="leave_queue"):
+class LeaveQueue(_Message, tag="leave_queue", frozen=True):
     queue: Identifier | None = None
 
 
-class Accept(_Message, tag="accept"):
+class Accept(_Message, tag="accept", frozen=True):
     match: Identifier
 
 
-class Decline(_Message, tag="decline"):
+class Decline(_Message, tag="decline", frozen=True):
     match: Identifier
 
 
@@ -78,43 +78,43 @@ CLIENT_TYPES: Final = frozenset(
 # Server to client.
 
 
-class Welcome(_Message, tag="welcome"):
+class Welcome(_Message, tag="welcome", frozen=True):
     session: str
     player: str
     heartbeat_ms: int
     rating: int | None = None
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, tag="pong", frozen=True):
     pass
 
 
-class Queued(_Message, tag="queued"):
+class Queued(_Message, tag="queued", frozen=True):
     queue: str
 
 
-class LeftQueue(_Message, tag="left_queue"):
+class LeftQueue(_Message, tag="left_queue", frozen=True):
     queue: str
 
 
-class MatchFound(_Message, tag="match_found"):
+class MatchFound(_Message, tag="match_found", frozen=True):
     match: str
     queue: str
     players: int
     accept_ms: int
 
 
-class Accepted(_Message, tag="accepted"):
+class Accepted(_Message, tag="accepted", frozen=True):
     match: str
 
 
-class MatchCancelled(_Message, tag="match_cancelled"):
+class MatchCancelled(_Message, tag="match_cancelled", frozen=True):
     match: str
     reason: str
     requeued: bool
 
 
-class MatchStart(_Message, tag="match_start"):
+class MatchStart(_Message, tag="match_start", frozen=True):
     match: str
     queue: str
     team: int
@@ -123,11 +123,11 @@ class MatchStart(_Message, tag="match_start"):
     ratings: list[list[int]] | None = None
 
 
-class Kicked(_Message, tag="kicked"):
+class Kicked(_Message, tag="kicked", frozen=True):
     reason: str
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, tag="error", frozen=True):
     code: str
     message: str
 
