@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--until", metavar="TYPE", help="exit 0 once a message of this type arrives")
     client.add_argument("--timeout", type=float, default=0.0, help="exit 1 after this many seconds (0: never)")
 
+    token = commands.add_parser("token", help="mint a signed player token for development")
+    token.add_argument("--config", type=Path, help="TOML configuration file with the auth settings")
+    token.add_argument("--player", required=True, help="player id to put in the token's sub claim")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (default 3600)")
+    token.add_argument("--private-key", help="PEM Ed25519 or P-256 private key, instead of the HS256 secret")
+
     sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
     sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
     sim.add_argument("--players", type=int, default=100, help="number of bot players")
@@ -66,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "client":
         from lobbyd.client_cli import run_cli as run_client
 
@@ -73,6 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lobbyd.sim import run_cli as run_sim
 
     return run_sim(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from lobbyd import auth
+
+    try:
+        config = config_module.load(args.config)
+        print(auth.mint(config.auth_settings(), args.player, args.ttl, args.private_key))
+    except ConfigError as exc:
+        print(f"lobbyd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -103,7 +123,11 @@ async def _run_server(config: config_module.Config) -> int:
     from lobbyd.server.app import Server
 
     log = logs.get("lobbyd.cli")
-    server = Server(config)
+    try:
+        server = Server(config)
+    except ConfigError as exc:
+        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         await server.start()
     except OSError as exc:

@@ -10,9 +10,14 @@ It logs in, then runs three tasks side by side until one of them ends the run:
 stdout carries only the ``<`` and ``>`` lines, so it can be piped into other tools.
 Hints, help and the reason for exiting go to stderr.
 
-Exit codes: 0 when ``--until`` saw its message type, after ``quit``, or after stdin
-ended; 1 when the connection failed, was closed by the server or ``--timeout``
-passed; 2 for bad flags; 3 after the server sent ``kicked``; 130 on Ctrl-C.
+Exit codes:
+
+- 0: a message of the ``--until`` type arrived, ``quit`` was typed, or stdin ended
+  without ``--until``;
+- 1: the connection failed or was closed by the server, or ``--timeout`` passed;
+- 2: invalid ``--connect``;
+- 3: the server sent ``kicked``, whose reason goes to stderr;
+- 130: Ctrl-C.
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ EXIT_USAGE: Final = 2
 EXIT_KICKED: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
-# After stdin ends, the client waits for the replies to the requests it sent, then for
-# this long without any message, but never longer than the cap: long enough to print a
-# reply and whatever it set off at once, short enough for scripts.
+# After stdin ends, the client waits for the replies to its requests and then for
+# QUIET_AFTER_EOF seconds without a message, so that it also prints what a reply set off.
+# MAX_WAIT_AFTER_EOF caps the wait, so that scripts never hang on a busy connection.
 QUIET_AFTER_EOF: Final = 0.3
 MAX_WAIT_AFTER_EOF: Final = 2.0
 
-# Bytes asked of stdin per read; a line may span several reads.
+# Maximum bytes read from stdin per call. A line may span several reads.
 STDIN_CHUNK: Final = 65_536
 
 HELP: Final = """\
@@ -85,7 +90,7 @@ COMMANDS: Final = {
 
 
 class CommandError(Exception):
-    """A stdin line that is not a valid command; the message is the hint to show."""
+    """Invalid stdin line. The exception message is the hint shown to the user."""
 
 
 class ClientExit(Exception):
@@ -136,7 +141,8 @@ async def _open(address: str, *, json_lines: bool) -> LobbyClient:
     try:
         return await LobbyClient.connect(address, json_lines=json_lines)
     except ConfigError as exc:
-        raise ClientExit(EXIT_USAGE, f"invalid --connect: {exc}") from None
+        detail = str(exc).removeprefix("listen: ")
+        raise ClientExit(EXIT_USAGE, f"invalid --connect: {detail}") from None
     except TimeoutError:
         raise ClientExit(EXIT_FAILED, f"cannot connect to {address}: timed out") from None
     except OSError as exc:
@@ -156,12 +162,13 @@ class Console:
         self._rids = iter(range(1, 2**63))
         self._last_sent = time.monotonic()
         self._last_received = time.monotonic()
-        # rids of requests whose reply has not arrived yet, and of the automatic pings.
+        # rids of requests still waiting for their reply, and of the automatic pings,
+        # whose pongs are not printed.
         self._awaiting: set[int] = set()
         self._silent: set[int] = set()
 
     async def log_in(self, player: str, name: str | None) -> None:
-        """Send hello and print the reply; raise ``ClientExit`` unless it is welcome."""
+        """Send hello and print the reply. Raise ``ClientExit`` unless the reply is welcome."""
         hello: dict[str, Any] = {"type": "hello", "v": 1, "player": player}
         if name:
             hello["name"] = name
@@ -224,7 +231,7 @@ class Console:
         except ClientError as exc:
             raise ClientExit(EXIT_FAILED, str(exc)) from None
         except msgspec.DecodeError as exc:
-            raise ClientExit(EXIT_FAILED, f"unreadable message from the server: {exc}") from None
+            raise ClientExit(EXIT_FAILED, f"invalid message from the server: {exc}") from None
         self._last_received = time.monotonic()
         return message
 
@@ -271,7 +278,7 @@ class Console:
         if command == "quit":
             raise ClientExit(EXIT_OK)
         if command not in COMMANDS:
-            msg = f"unknown command {command!r}; type help for the list"
+            msg = f"unknown command {command!r}, type help for the list of commands"
             raise CommandError(msg)
         return self._build(COMMANDS[command], words)
 

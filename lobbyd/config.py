@@ -16,6 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from lobbyd.auth import AuthSettings
 from lobbyd.core.model import LobbySettings, QueueRules
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import ID_PATTERN, MAX_ID_LENGTH
@@ -75,6 +76,48 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    # Limits against abuse.
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    """Open client connections in total; a new one past this gets server_full."""
+
+    max_connections_per_address: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 256
+    """Open connections from one source address; players behind one NAT share it."""
+
+    frame_timeout_ms: Milliseconds = 10_000
+    """Time a frame may take from its first byte to its last."""
+
+    rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    """Messages per second a session may send, sustained."""
+
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """Messages a session may send at once above the sustained rate; also how many
+    rejected messages in a row end the session."""
+
+    server_full_retry_ms: Milliseconds = 5_000
+    """Retry hint sent with server_full."""
+
+    # Player authentication with JWTs. With neither a secret nor a public key set,
+    # the daemon runs in development mode and takes any player id.
+    auth_secret: str | None = None
+    """HS256 shared secret. Prefer auth_secret_file, which keeps it out of the environment."""
+
+    auth_secret_file: str | None = None
+    auth_public_key_file: str | None = None
+    """PEM public key (Ed25519 for EdDSA, P-256 for ES256) that player tokens are signed with."""
+
+    auth_issuer: str | None = None
+    """Required `iss` claim, when set."""
+
+    auth_audience: str = "lobbyd"
+    """Required `aud` claim of player tokens."""
+
+    auth_leeway_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
+    """Clock skew allowed when checking `exp` and `nbf`, in seconds."""
+
+    auth_required: bool = False
+    """Refuse to start without a key instead of falling back to development mode."""
+
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
     @property
@@ -85,6 +128,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
         return LobbySettings(
             ready_timeout=self.ready_check_timeout_ms / 1000,
             heartbeat_ms=self.heartbeat_interval_ms,
+        )
+
+    def auth_settings(self) -> AuthSettings:
+        return AuthSettings(
+            secret=self.auth_secret,
+            secret_file=self.auth_secret_file,
+            public_key_file=self.auth_public_key_file,
+            issuer=self.auth_issuer,
+            audience=self.auth_audience,
+            leeway_s=self.auth_leeway_s,
+            required=self.auth_required,
         )
 
     def queue_rules(self) -> dict[str, QueueRules]:

@@ -90,6 +90,22 @@ class ShuttingDown(RemoteError):
     code = "shutting_down"
 
 
+class InvalidToken(RemoteError):
+    """The hello's token is missing, malformed, expired or for someone else; the connection closes."""
+
+    code = "invalid_token"
+    fatal = True
+
+
+class RateLimited(RemoteError):
+    code = "rate_limited"
+
+
+class ServerFull(RemoteError):
+    code = "server_full"
+    fatal = True
+
+
 # Every error code a client can receive, for protocol.md and the conformance tests.
 # ``internal`` is sent when a request hit a bug of ours; the session stays open.
 ERROR_CODES: tuple[str, ...] = (
@@ -105,5 +121,8 @@ ERROR_CODES: tuple[str, ...] = (
     InReadyCheck.code,
     UnknownMatch.code,
     ShuttingDown.code,
+    InvalidToken.code,
+    RateLimited.code,
+    ServerFull.code,
     "internal",
 )

@@ -12,7 +12,9 @@ SMALL_BUFFER = 4096
 
 
 async def test_stalled_reader_delays_nobody(start_server: ServerFactory, connect: ClientFactory) -> None:
-    server = await start_server(send_timeout_ms=600, max_outgoing_bytes=4 * 1024 * 1024)
+    server = await start_server(
+        send_timeout_ms=600, max_outgoing_bytes=4 * 1024 * 1024, rate_limit_per_s=1e6, rate_limit_burst=1_000_000
+    )
     fast = await connect("fast")
     stalled = await connect("stalled")
     stalled_session = next(s for s in server.server.registry if s.player == "stalled")

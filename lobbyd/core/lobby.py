@@ -105,6 +105,7 @@ class Lobby:
             player=player_id,
             heartbeat_ms=self.settings.heartbeat_ms,
             rating=player.rating,
+            dev_mode=self.settings.dev_mode,
             rid=rid,
         )
         effects.append(fx.Send(session, welcome))

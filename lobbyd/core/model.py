@@ -48,6 +48,9 @@ class LobbySettings:
     finished_ttl: float = 300.0
     """Seconds a finished ready check is remembered, so late answers get a clear error."""
 
+    dev_mode: bool = False
+    """True when the server checks no player tokens; ``welcome`` says so."""
+
 
 class Place(enum.Enum):
     """Where a player is; a player is in exactly one place at a time."""

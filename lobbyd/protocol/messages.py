@@ -83,6 +83,8 @@ class Welcome(_Message, tag="welcome", frozen=True):
     player: str
     heartbeat_ms: int
     rating: int | None = None
+    dev_mode: bool = False
+    """True when the server checks no tokens; omitted when False."""
 
 
 class Pong(_Message, tag="pong", frozen=True):
@@ -130,6 +132,8 @@ class Kicked(_Message, tag="kicked", frozen=True):
 class Error(_Message, tag="error", frozen=True):
     code: str
     message: str
+    retry_after_ms: int | None = None
+    """How long to wait before trying again, sent with server_full and rate_limited."""
 
 
 ServerMessage = (

@@ -10,10 +10,13 @@ to finish, cancels stragglers and logs how many, and flushes the store last.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
 
+from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import PlayerRecord
@@ -21,6 +24,7 @@ from lobbyd.errors import StoreError
 from lobbyd.server import logs
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.persistence import Persistence
+from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Request
 from lobbyd.server.session import Session, SessionLimits
@@ -52,10 +56,15 @@ class Server:
             max_outgoing=config.max_outgoing_bytes,
             hello_timeout=config.hello_timeout_ms / 1000,
             heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
+            frame_timeout=config.frame_timeout_ms / 1000,
+            rate_per_s=config.rate_limit_per_s,
+            rate_burst=config.rate_limit_burst,
         )
+        self.verifier = TokenVerifier(config.auth_settings())
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
-        self.lobby = Lobby(config.queue_rules(), config.lobby_settings(), new_match_id)
+        settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
+        self.lobby = Lobby(config.queue_rules(), settings, new_match_id)
         self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
         self.matchmaker = MatchmakerLoop(
             self.lobby,
@@ -67,6 +76,7 @@ class Server:
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
 
     # What sessions need (the SessionHost protocol).
@@ -76,9 +86,13 @@ class Server:
 
     def register(self, session: Session) -> None:
         self.registry.add(session)
+        self._per_address[session.address] += 1
 
     def unregister(self, session: Session) -> None:
         self.registry.remove(session)
+        self._per_address[session.address] -= 1
+        if self._per_address[session.address] <= 0:
+            del self._per_address[session.address]
 
     async def load_player(self, player_id: str) -> PlayerRecord | None:
         """Return the freshest record: lobby memory, then unwritten changes, then the store."""
@@ -103,6 +117,9 @@ class Server:
             await self.store.close()
             raise
         self.address = self._listener.sockets[0].getsockname()[:2]
+        if self.verifier.dev_mode:
+            detail = "no auth key is configured: any player id is accepted (development mode)"
+            log.warning("auth_disabled", detail=detail)
         log.info(
             "server_started",
             listen=f"{self.address[0]}:{self.address[1]}",
@@ -135,9 +152,24 @@ class Server:
         assert task is not None
         self._handlers.add(task)
         try:
-            await Session(reader, writer, self).run()
+            refusal = self._over_limit(writer)
+            if refusal is None:
+                await Session(reader, writer, self).run()
+            else:
+                await refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
         finally:
             self._handlers.discard(task)
+
+    def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
+        """Return why a new connection must be refused, or None to serve it."""
+        if len(self.registry) >= self.config.max_connections:
+            return f"the server is at its limit of {self.config.max_connections} connections"
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self._per_address[address] >= self.config.max_connections_per_address:
+            limit = self.config.max_connections_per_address
+            return f"address {address} is at its limit of {limit} connections"
+        return None
 
     async def _shut_down(self) -> None:
         started = time.monotonic()
@@ -191,10 +223,10 @@ class Server:
         log.info("cleanup_done", dropped=dropped, players=len(self.lobby.players), sessions=len(self.registry))
 
 
-async def _wait_bounded(tasks: set[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
-    """Wait up to ``timeout`` s for ``tasks``; return those still running."""
+async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
+    """Wait up to ``seconds`` for ``tasks``; return those still running."""
     pending = {task for task in tasks if not task.done()}
     if not pending:
         return set()
-    _, still_running = await asyncio.wait(pending, timeout=timeout)
+    _, still_running = await asyncio.wait(pending, timeout=seconds)
     return still_running

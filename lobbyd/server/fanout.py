@@ -13,8 +13,8 @@ from lobbyd.server.session import Session
 log = logs.get(__name__)
 
 
-async def fan_out(sends: Iterable[Send], registry: Registry, timeout: float) -> int:
-    """Write each message and wait, per session and at most ``timeout`` s, for it to drain.
+async def fan_out(sends: Iterable[Send], registry: Registry, send_timeout: float) -> int:
+    """Write each message and wait, per session and at most ``send_timeout`` s, for it to drain.
 
     Returns how many sessions took their message. Every delivery is its own task in
     one ``TaskGroup``; a delivery never raises, so a slow or broken connection is
@@ -25,19 +25,19 @@ async def fan_out(sends: Iterable[Send], registry: Registry, timeout: float) -> 
         for send in sends:
             session = registry.get(send.session)
             if session is not None:
-                group.create_task(_deliver(session, send, timeout, delivered))
+                group.create_task(_deliver(session, send, send_timeout, delivered))
     return sum(delivered)
 
 
-async def _deliver(session: Session, send: Send, timeout: float, delivered: list[bool]) -> None:
+async def _deliver(session: Session, send: Send, send_timeout: float, delivered: list[bool]) -> None:
     try:
         if not session.send(send.message):
             return
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(send_timeout):
             await session.drain()
         delivered.append(True)
     except TimeoutError:
-        session.log.warning("send_timed_out", timeout_s=timeout)
+        session.log.warning("send_timed_out", timeout_s=send_timeout)
         session.close("send_timeout", abort=True)
     except ConnectionError:
         # The session's own read loop notices the broken connection and logs the close.

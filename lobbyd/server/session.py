@@ -8,8 +8,13 @@ the same queue as ``Relay`` requests instead of overtaking it.
 
 Deadlines: a connection must send ``hello`` within ``hello_timeout`` and then a
 complete message at least every ``heartbeat_timeout``; a partial frame is not
-activity, so a peer trickling bytes is cut off too. The check is one lazy timer per
-session that re-arms itself, so activity costs a float store and nothing more.
+activity, and a frame must complete within ``frame_timeout`` of its first byte, so
+a peer trickling bytes is cut off. The check is one lazy timer per session that
+re-arms itself, so activity costs a float store and nothing more.
+
+Each session's messages pass a token bucket: a message over the rate is answered
+with ``rate_limited`` and dropped, and more than ``rate_burst`` rejected in a row
+end the session with ``kicked`` {reason ``rate_limited``}.
 
 Outgoing bytes are never awaited here. Each write goes to the transport's buffer;
 a session whose unsent bytes pass ``max_outgoing`` is aborted as a slow consumer,
@@ -23,10 +28,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from lobbyd.auth import TokenVerifier
 from lobbyd.core.model import PlayerRecord
 from lobbyd.errors import (
     AlreadyAuthenticated,
     NotAuthenticated,
+    RateLimited,
     RemoteError,
     StoreError,
     UnsupportedVersion,
@@ -34,6 +41,7 @@ from lobbyd.errors import (
 from lobbyd.protocol.codec import Codec, Framing
 from lobbyd.protocol.messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Kicked, Ping, Pong, ServerMessage
 from lobbyd.server import logs
+from lobbyd.server.ratelimit import TokenBucket
 from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
 
@@ -50,12 +58,16 @@ class SessionLimits:
     max_outgoing: int
     hello_timeout: float
     heartbeat_timeout: float
+    frame_timeout: float
+    rate_per_s: float
+    rate_burst: int
 
 
 class SessionHost(Protocol):
     """What a session needs from the daemon around it."""
 
     limits: SessionLimits
+    verifier: TokenVerifier
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
@@ -80,8 +92,11 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._opened = self._loop.time()
         self._last_active = self._opened
+        self._partial_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._bucket = TokenBucket(host.limits.rate_per_s, host.limits.rate_burst, self._opened)
         peer = writer.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.log: Any = log.bind(session=self.id, peer=self.peer)
 
@@ -182,28 +197,55 @@ class Session:
             if replies:
                 self.send_many(replies)
             if not keep_going:
-                self.close("bad_frame")
+                self.close(self.close_reason or "bad_frame")
                 return
+            self._track_partial_frame()
 
     async def _drain_codec(self, replies: list[ServerMessage]) -> bool:
-        """Handle every complete message buffered; return False after a fatal frame error."""
+        """Handle every complete message buffered; return False when the session must close."""
         while True:
             try:
                 message = self._codec.next_message()
             except RemoteError as exc:
-                self._reply(replies, _error(exc))
                 self.log.warning("frame_rejected", code=exc.code, error=exc.message, fatal=exc.fatal)
                 if exc.fatal:
+                    # Written in this batch, ahead of any relayed reply, because the
+                    # connection closes right after it.
+                    replies.append(_error(exc))
                     return False
+                self._reply(replies, _error(exc))
                 continue
             if message is None:
                 return True
-            self._last_active = self._loop.time()
+            now = self._loop.time()
+            self._last_active = now
+            if not self._bucket.take(now):
+                if not self._rate_limited(message, replies):
+                    return False
+                continue
             try:
                 await self._handle(message, replies)
             except RemoteError as exc:
-                self._reply(replies, _error(exc))
                 self.log.info("request_rejected", code=exc.code, type=_type_of(message))
+                if exc.fatal:
+                    replies.append(_error(exc))
+                    self.close_reason = exc.code
+                    return False
+                self._reply(replies, _error(exc))
+            if self.state is SessionState.CLOSED:
+                return True
+
+    def _rate_limited(self, message: ClientMessage, replies: list[ServerMessage]) -> bool:
+        """Answer a message over the rate; return False once the abuse is sustained."""
+        if self._bucket.overdraft > self._host.limits.rate_burst:
+            self.log.warning("rate_limit_exceeded", rejected=self._bucket.overdraft)
+            replies.append(Kicked(reason="rate_limited"))
+            self.close_reason = "rate_limited"
+            return False
+        retry_ms = max(round(self._bucket.retry_after() * 1000), 1)
+        msg = f"more than {self._host.limits.rate_per_s:g} messages per second: this {_type_of(message)!r} was dropped"
+        self._reply(replies, Error(code=RateLimited.code, message=msg, rid=message.rid, retry_after_ms=retry_ms))
+        return True
 
     async def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
         if self.state is SessionState.NEW:
@@ -223,6 +265,12 @@ class Session:
         if hello.v != PROTOCOL_VERSION:
             msg = f"protocol version {hello.v} is not supported: this server speaks version {PROTOCOL_VERSION}"
             raise UnsupportedVersion(msg, rid=hello.rid)
+        try:
+            self._host.verifier.verify(hello.token, hello.player)
+        except RemoteError as exc:
+            exc.rid = hello.rid
+            self.log.warning("token_rejected", player=hello.player, error=exc.message)
+            raise
         try:
             record = await self._host.load_player(hello.player)
         except StoreError:
@@ -249,6 +297,18 @@ class Session:
 
     # Deadlines.
 
+    def _track_partial_frame(self) -> None:
+        """Start the frame deadline when a read leaves part of a frame buffered."""
+        if not self._codec.buffered:
+            self._partial_since = None
+            return
+        if self._partial_since is not None:
+            return
+        self._partial_since = self._loop.time()
+        deadline = self._partial_since + self._host.limits.frame_timeout
+        if self._timer is None or deadline < self._timer.when():
+            self._arm_timer(deadline)
+
     def _arm_timer(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -259,16 +319,28 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         now = self._loop.time()
+        if self._partial_since is not None and now >= self._partial_since + self._host.limits.frame_timeout:
+            self.log.info("frame_timeout", buffered=self._codec.buffered)
+            self.kick("frame_timeout")
+            return
         if self.state is SessionState.NEW:
-            self.log.info("hello_timeout")
-            self.kick("hello_timeout")
+            if now >= self._opened + self._host.limits.hello_timeout:
+                self.log.info("hello_timeout")
+                self.kick("hello_timeout")
+                return
+            self._arm_timer(self._next_deadline(self._opened + self._host.limits.hello_timeout))
             return
         deadline = self._last_active + self._host.limits.heartbeat_timeout
         if now < deadline:
-            self._arm_timer(deadline)
+            self._arm_timer(self._next_deadline(deadline))
             return
         self.log.info("heartbeat_timeout", silent_ms=round((now - self._last_active) * 1000))
         self.kick("heartbeat_timeout")
+
+    def _next_deadline(self, deadline: float) -> float:
+        if self._partial_since is None:
+            return deadline
+        return min(deadline, self._partial_since + self._host.limits.frame_timeout)
 
 
 def _error(exc: RemoteError) -> Error:
