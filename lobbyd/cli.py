@@ -56,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
     sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
-    sim.add_argument("--players", type=int, default=100, help="number of bot players")
+    sim.add_argument(
+        "--players",
+        type=int,
+        default=100,
+        help="number of bot players, each holding one connection from this host until the run ends",
+    )
     sim.add_argument("--queue", default="5v5", help="queue every bot joins")
     sim.add_argument("--decline-rate", type=float, default=0.0, help="share of match_found answered with decline")
     sim.add_argument("--drop-rate", type=float, default=0.0, help="share of match_found answered by disconnecting")

@@ -175,6 +175,7 @@ class Console:
         await self.send(hello)
         reply = await self._receive()
         _print_line("<", reply)
+        await self._react(reply)
         if reply.get("type") != "welcome":
             detail = reply.get("message") or reply.get("reason") or reply.get("type")
             raise ClientExit(EXIT_FAILED, f"login failed: {detail}")
@@ -367,8 +368,9 @@ def _start_stdin_thread(
 
 def _print_line(direction: str, message: dict[str, Any]) -> None:
     # The type goes first so that `grep '< {"type":"match_start"'` finds a message.
-    ordered = {"type": message.get("type"), **message}
-    line = f"{direction} {_ENCODE_JSON.encode(ordered).decode()}\n"
+    if "type" in message:
+        message = {"type": message["type"], **message}
+    line = f"{direction} {_ENCODE_JSON.encode(message).decode()}\n"
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.write(line)
         sys.stdout.flush()

@@ -10,7 +10,10 @@ again; with ``requeued`` true the server has already put it back in the queue.
 
 A bot's goal is its ``match_start``. It then stays connected, and keeps accepting,
 until every bot is done, so that a player the server matches twice shows up in the
-report. Every bot pings every ``heartbeat_ms / 2`` while connected.
+report. Every bot pings every ``heartbeat_ms / 2`` while connected. All bots connect
+from one address, so the daemon's ``max_connections_per_address`` must be at least
+``--players``. A bot that the server rejects with ``server_full`` gives up at once,
+because waiting would not help while the other bots hold their connections.
 
 The run ends when every bot has started or given up, when the players left in the
 queue are too few for a match, or at ``--timeout``. Exit status: 0 when every player
@@ -36,6 +39,7 @@ import uvloop
 
 from lobbyd.client import ClientError, LobbyClient
 from lobbyd.errors import ConfigError
+from lobbyd.protocol.messages import PROTOCOL_VERSION
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -292,10 +296,10 @@ class Simulation:
                     if progress:
                         progress.draw()
                     await asyncio.sleep(WATCH_INTERVAL)
-                return end.failure
+                return self._describe_failure(end.failure)
         except TimeoutError:
-            waiting = self.options.players - self.states[BotState.STARTED]
-            return f"timed out after {self.options.timeout:g} s with {waiting} players not started"
+            waiting = self.options.players - self.states[BotState.STARTED] - self.states[BotState.FAILED]
+            return self._describe_failure(f"timed out after {self.options.timeout:g} s with {waiting} players waiting")
         finally:
             if progress:
                 progress.finish()
@@ -304,14 +308,16 @@ class Simulation:
         """Return how the run ended, or None while it goes on."""
         done = self.states[BotState.STARTED] + self.states[BotState.FAILED]
         if done == self.options.players:
-            return RunEnd(self._failures())
+            return RunEnd(None)
         return self._check_stall(self.options.players - done)
 
-    def _failures(self) -> str | None:
+    def _describe_failure(self, cause: str | None) -> str | None:
+        """Join ``cause`` with the reason bots gave up, if any did; None when nothing failed."""
         failed = [bot.result.failure for bot in self.bots if bot.result.failure]
-        if failed:
-            return f"{len(failed)} bots gave up, the first because: {failed[0]}"
-        return None
+        if not failed:
+            return cause
+        gave_up = f"{len(failed)} bots gave up, the first because {failed[0]}"
+        return f"{gave_up}, and {cause}" if cause else gave_up
 
     def _check_stall(self, remaining: int) -> RunEnd | None:
         # Too few players are queued for one more match, and no bot is in a ready check.
@@ -363,7 +369,7 @@ class Bot:
     async def _log_in(self) -> LobbyClient:
         client = await LobbyClient.connect(self.options.address)
         try:
-            welcome = await client.hello(self.result.player)
+            welcome = await _hello(client, self.result.player)
         except BaseException:
             await client.close()
             raise
@@ -487,6 +493,16 @@ class Bot:
 
 class BotGaveUp(Exception):
     """The server rejected the bot's queue entry, so retrying cannot help."""
+
+
+async def _hello(client: LobbyClient, player: str) -> dict[str, Any]:
+    """Log in as ``player`` and return the welcome; raise ``ClientError`` with the server's error."""
+    await client.request("hello", v=PROTOCOL_VERSION, player=player)
+    reply = await client.recv()
+    if reply.get("type") != "welcome":
+        msg = f"hello was rejected with {reply.get('code') or reply.get('type')}: {reply.get('message')}"
+        raise ClientError(msg)
+    return reply
 
 
 async def _keep_alive(client: LobbyClient, interval: float) -> None:

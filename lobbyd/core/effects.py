@@ -33,7 +33,9 @@ class OfferMatch:
     """Send ``match_found`` to every player of a new ready check.
 
     The server first checks that every session can still take it; if any cannot, it
-    calls ``Lobby.void_match`` instead of sending anything.
+    calls ``Lobby.void_match`` instead of sending anything. The server must do this in
+    the same synchronous step as the ``tick`` that returned the effect: a disconnect
+    applied in between would cancel the check and message players never offered it.
     """
 
     match: str

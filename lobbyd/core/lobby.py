@@ -56,9 +56,10 @@ class Lobby:
         self.sessions: dict[str, str] = {}
         self.queues: dict[str, dict[str, Ticket]] = {name: {} for name in queues}
         self.checks: dict[str, ReadyCheck] = {}
-        # Finished ready checks by match id: (state, finished at), so that a late
+        # Finished ready checks by match id: (state, finished at, players of a started
+        # match), so that a late accept or decline gets a precise answer.
         # accept or decline gets a precise error. ``forget`` trims it.
-        self.finished: dict[str, tuple[CheckState, float]] = {}
+        self.finished: dict[str, tuple[CheckState, float, frozenset[str]]] = {}
         self._seq = itertools.count()
 
     # Sessions.
@@ -189,13 +190,23 @@ class Lobby:
     # Ready check answers.
 
     def accept(self, session: str, match: str, now: float, rid: int | None = None) -> list[fx.Effect]:
+        """Record an accept; the last one starts the match.
+
+        A repeated accept, even one that arrives after the match started, is answered
+        with ``accepted`` again and changes nothing.
+        """
         player = self._player_of(session)
+        if self._started_with(player.id, match):
+            return [fx.Send(session, m.Accepted(match=match, rid=rid))]
         check = self._check_of(player, match, rid)
+        if now >= check.deadline:
+            return self._expire_late(check, session, now, rid)
+
+        first = player.id not in check.accepted
         state = check.accept(player.id)
-        effects: list[fx.Effect] = [
-            fx.Send(session, m.Accepted(match=match, rid=rid)),
-            fx.Event("match_accepted", {"match": match, "player": player.id}),
-        ]
+        effects: list[fx.Effect] = [fx.Send(session, m.Accepted(match=match, rid=rid))]
+        if first:
+            effects.append(fx.Event("match_accepted", {"match": match, "player": player.id}))
         if state is CheckState.STARTED:
             effects.extend(self._start(check, now))
         return effects
@@ -203,7 +214,14 @@ class Lobby:
     def decline(self, session: str, match: str, now: float, rid: int | None = None) -> list[fx.Effect]:
         player = self._player_of(session)
         check = self._check_of(player, match, rid)
+        if now >= check.deadline:
+            return self._expire_late(check, session, now, rid)
         return self._cancel(check, CheckEvent.DECLINE, player.id, now, rid=rid)
+
+    def abort_start(self, match: str, now: float) -> None:
+        """Record that a started match could not be stored and so was never announced."""
+        if match in self.finished:
+            self.finished[match] = (CheckState.CANCELLED, now, frozenset())
 
     # Time.
 
@@ -249,7 +267,7 @@ class Lobby:
         """
         dropped = 0
         cutoff = now - self.settings.finished_ttl
-        for match in [k for k, (_, at) in self.finished.items() if at < cutoff]:
+        for match in [k for k, (_, at, _) in self.finished.items() if at < cutoff]:
             del self.finished[match]
             dropped += 1
         idle_cutoff = now - player_ttl
@@ -270,11 +288,22 @@ class Lobby:
         # is a bug of ours, not the peer's.
         return self.players[self.sessions[session]]
 
+    def _started_with(self, player: str, match: str) -> bool:
+        finished = self.finished.get(match)
+        return finished is not None and finished[0] is CheckState.STARTED and player in finished[2]
+
+    def _expire_late(self, check: ReadyCheck, session: str, now: float, rid: int | None) -> list[fx.Effect]:
+        """End a ready check whose deadline passed before the tick noticed, and say so."""
+        effects = self._cancel(check, CheckEvent.EXPIRE, None, now)
+        error = m.Error(code=UnknownMatch.code, message=f"match {check.match!r} expired before this answer", rid=rid)
+        effects.append(fx.Send(session, error))
+        return effects
+
     def _check_of(self, player: Player, match: str, rid: int | None) -> ReadyCheck:
         if player.place is Place.READY_CHECK and player.match == match:
             return self.checks[match]
         if match in self.finished:
-            state, _ = self.finished[match]
+            state, _, _ = self.finished[match]
             msg = f"match {match!r} is already {state.value}"
         else:
             msg = f"match {match!r} has no ready check for player {player.id!r}"
@@ -321,7 +350,7 @@ class Lobby:
     def _start(self, check: ReadyCheck, now: float) -> list[fx.Effect]:
         record = self._record(check, MatchState.STARTED, now, None)
         del self.checks[check.match]
-        self.finished[check.match] = (CheckState.STARTED, now)
+        self.finished[check.match] = (CheckState.STARTED, now, frozenset(check.players))
         teams = [list(team) for team in check.teams]
         ratings = [list(team) for team in record.ratings]
 
@@ -379,7 +408,7 @@ class Lobby:
 
     def _finish(self, check: ReadyCheck, now: float, reason: str) -> list[fx.Effect]:
         del self.checks[check.match]
-        self.finished[check.match] = (check.state, now)
+        self.finished[check.match] = (check.state, now, frozenset())
         return [fx.SaveMatch(self._record(check, MatchState.CANCELLED, now, reason))]
 
     def _record(self, check: ReadyCheck, state: MatchState, now: float, reason: str | None) -> MatchRecord:

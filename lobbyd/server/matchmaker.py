@@ -186,6 +186,7 @@ class MatchmakerLoop:
 
     async def _start(self, record: MatchRecord, sends: tuple[fx.Send, ...]) -> None:
         if not await self._commit(record):
+            self.lobby.abort_start(record.id, time.time())
             cancelled = [
                 fx.Send(send.session, m.MatchCancelled(match=record.id, reason="storage_failed", requeued=False))
                 for send in sends

@@ -1,0 +1,604 @@
+"""Random request sequences against ``Lobby``, with its invariants checked after every step.
+
+The state machine plays the server. It connects and disconnects sessions, forwards
+requests (valid ones and ones the lobby must reject) and ticks the clock past
+ready-check deadlines. It also voids freshly offered matches, as the server does when
+a session died before ``match_found`` went out. It keeps its own model of the live
+sessions and of every offered match, and checks the lobby against it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from lobbyd.core import effects as fx
+from lobbyd.core.lobby import Lobby
+from lobbyd.core.model import LobbySettings, MatchState, Place, PlayerRecord, QueueRules
+from lobbyd.core.ready_check import CheckState
+from lobbyd.errors import (
+    AlreadyQueued,
+    InReadyCheck,
+    NotQueued,
+    RemoteError,
+    UnknownMatch,
+    UnknownQueue,
+)
+from lobbyd.protocol import messages as m
+
+RATINGS = {"p0": 1500, "p1": 1520, "p2": 1450, "p3": 1600, "p4": 1700, "p5": 1300, "p6": 1480, "p7": 1550}
+PLAYERS = tuple(RATINGS)
+QUEUES = {
+    "duel": QueueRules("duel", team_count=2, team_size=1, window_start=50.0, window_growth=20.0),
+    "squad": QueueRules("squad", team_count=2, team_size=2, window_start=150.0, window_growth=50.0),
+    "ffa": QueueRules("ffa", team_count=3, team_size=1, window_start=300.0, window_growth=0.0),
+}
+READY_TIMEOUT = 10.0
+FINISHED_TTL = 30.0
+SETTINGS = LobbySettings(ready_timeout=READY_TIMEOUT, finished_ttl=FINISHED_TTL)
+
+# Steps cross the ready deadline (10 s) both exactly and by far, and stay below it.
+TIME_STEPS = (0.0, 0.5, 3.0, 9.99, 10.0, 25.0, 120.0)
+rids = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
+# Mostly duel, so that matches form often. The queue "ranked" does not exist.
+queue_names = st.sampled_from(["duel", "duel", "duel", "squad", "ffa", "ranked"])
+
+
+@dataclass(frozen=True)
+class CheckView:
+    """What a ready check looked like before a call, to judge how it was cancelled."""
+
+    queue: str
+    players: tuple[str, ...]
+    accepted: frozenset[str]
+    waiting_since: dict[str, float]
+
+
+def snapshot(lobby: Lobby) -> tuple[Any, ...]:
+    """Return a comparable copy of every piece of lobby state a request could change."""
+    players = {
+        pid: (p.session, p.place, p.queue, p.match, p.name, p.rating, p.last_seen) for pid, p in lobby.players.items()
+    }
+    queues = {
+        name: {pid: (t.queue, t.rating, t.waiting_since, t.seq, t.priority) for pid, t in tickets.items()}
+        for name, tickets in lobby.queues.items()
+    }
+    checks = {
+        match: (c.state, frozenset(c.accepted), c.teams, c.deadline, tuple(c.tickets))
+        for match, c in lobby.checks.items()
+    }
+    return players, queues, checks, dict(lobby.sessions), dict(lobby.finished)
+
+
+def check_views(lobby: Lobby) -> dict[str, CheckView]:
+    return {
+        match: CheckView(
+            queue=check.queue,
+            players=check.players,
+            accepted=frozenset(check.accepted),
+            waiting_since={pid: t.waiting_since for pid, t in check.tickets.items()},
+        )
+        for match, check in lobby.checks.items()
+    }
+
+
+def all_sends(effects: Iterable[fx.Effect]) -> list[fx.Send]:
+    found: list[fx.Send] = []
+    for effect in effects:
+        if isinstance(effect, fx.Send):
+            found.append(effect)
+        elif isinstance(effect, fx.OfferMatch | fx.StartMatch):
+            found.extend(effect.sends)
+    return found
+
+
+class LobbyMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        counter = itertools.count(1)
+        self.lobby = Lobby(QUEUES, SETTINGS, lambda: f"m{next(counter)}")
+        self.now = 1_000.0
+        self.session_ids = itertools.count(1)
+        # The server's view: live sessions, and every session ever issued.
+        self.live: dict[str, str] = {}
+        self.issued: list[str] = []
+        self.store = {pid: PlayerRecord(pid, pid, rating, 0.0, 0.0) for pid, rating in RATINGS.items()}
+        # Offered matches not yet started or cancelled, and how each offered match ended.
+        self.pending: dict[str, frozenset[str]] = {}
+        self.outcomes: dict[str, str] = {}
+        # Matches offered by the latest tick, before any request has touched them.
+        self.fresh: list[str] = []
+
+    # Helpers.
+
+    def player_of(self, session: str) -> str:
+        return self.live[session]
+
+    def draw_live_session(self, data: st.DataObject, *likely: Place) -> str:
+        """Draw a live session, three times in four among players in a ``likely`` place.
+
+        The bias keeps valid requests common, while every session can still send
+        a request that the lobby must reject.
+        """
+        preferred = sorted(s for s, pid in self.live.items() if self.lobby.players[pid].place in likely)
+        if preferred and data.draw(st.integers(0, 3), label="prefer") > 0:
+            return data.draw(st.sampled_from(preferred), label="session")
+        return data.draw(st.sampled_from(sorted(self.live)), label="session")
+
+    def request(
+        self,
+        call: Callable[[], list[fx.Effect]],
+        rid: int | None,
+        expected_error: type[RemoteError] | None,
+    ) -> list[fx.Effect] | None:
+        """Run one request. A rejection must be the expected error and change nothing."""
+        before = snapshot(self.lobby)
+        try:
+            effects = call()
+        except RemoteError as error:
+            assert type(error) is expected_error, f"{type(error).__name__}: {error.message}"
+            assert error.rid == rid
+            assert error.fatal is False
+            assert snapshot(self.lobby) == before
+            return None
+        assert expected_error is None, f"expected {expected_error.__name__}, got success"
+        return effects
+
+    def track(
+        self,
+        effects: list[fx.Effect],
+        before: dict[str, CheckView],
+        culprit: str | None = None,
+        lost: frozenset[str] = frozenset(),
+    ) -> None:
+        """Follow offered matches through ``effects`` and check every ended ready check."""
+        ended: dict[str, str] = {}
+        for effect in effects:
+            if isinstance(effect, fx.OfferMatch):
+                self.track_offer(effect)
+            elif isinstance(effect, fx.StartMatch):
+                self.track_start(effect)
+            elif isinstance(effect, fx.SaveMatch):
+                assert effect.record.state is MatchState.CANCELLED
+                assert effect.record.reason is not None
+                self.end(effect.record.id, "cancelled")
+                ended[effect.record.id] = effect.record.reason
+            elif isinstance(effect, fx.Close):
+                assert effect.reason == "logged_in_elsewhere"
+                assert fx.Send(effect.session, m.Kicked(reason="logged_in_elsewhere")) in effects
+                del self.live[effect.session]
+
+        for send in all_sends(effects):
+            if isinstance(send.message, m.MatchCancelled):
+                assert self.outcomes.get(send.message.match) == "cancelled"
+                assert send.message.match in ended
+        for match, reason in ended.items():
+            self.check_cancelled(effects, before[match], match, reason, culprit, lost)
+
+    def track_offer(self, offer: fx.OfferMatch) -> None:
+        assert offer.match not in self.pending
+        assert offer.match not in self.outcomes
+        check = self.lobby.checks[offer.match]
+        assert [send.session for send in offer.sends] == [self.lobby.players[t].session for t in check.tickets]
+        for send in offer.sends:
+            assert isinstance(send.message, m.MatchFound)
+            assert send.message.match == offer.match
+            assert send.message.players == len(check.tickets)
+            assert send.message.accept_ms == round(READY_TIMEOUT * 1000)
+        self.pending[offer.match] = frozenset(check.players)
+
+    def track_start(self, start: fx.StartMatch) -> None:
+        record = start.record
+        players = self.pending[record.id]
+        self.end(record.id, "started")
+        assert record.state is MatchState.STARTED
+        assert {p for team in record.teams for p in team} == players
+        assert len(start.sends) == len(players)
+        for send in start.sends:
+            player = self.live[send.session]
+            assert isinstance(send.message, m.MatchStart)
+            assert player in send.message.teams[send.message.team]
+            assert self.lobby.players[player].place is Place.IDLE
+
+    def end(self, match: str, outcome: str) -> None:
+        assert match in self.pending, f"match {match} ended but was not pending"
+        assert match not in self.outcomes, f"match {match} ended twice"
+        del self.pending[match]
+        self.outcomes[match] = outcome
+
+    def check_cancelled(
+        self,
+        effects: list[fx.Effect],
+        view: CheckView,
+        match: str,
+        reason: str,
+        culprit: str | None,
+        lost: frozenset[str],
+    ) -> None:
+        """Check who got match_cancelled and who was requeued after ``match`` was cancelled."""
+        sends = all_sends(effects)
+        for pid in view.players:
+            player = self.lobby.players[pid]
+            ticket = self.lobby.queues[view.queue].get(pid)
+            if player.place is Place.READY_CHECK and player.match != match:
+                # A tick may requeue a player and match them again at once.
+                assert player.match is not None
+                ticket = self.lobby.checks[player.match].tickets[pid]
+
+            # Who goes back: players who accepted (never the culprit), or everyone reachable on void.
+            if reason == "undeliverable":
+                expect_back = pid not in lost and player.session is not None
+            else:
+                expect_back = pid in view.accepted and pid != culprit and player.session is not None
+            assert (ticket is not None) == expect_back, f"{pid} requeued={ticket is not None}"
+            if ticket is not None:
+                assert ticket.priority is True
+                assert ticket.waiting_since == view.waiting_since[pid]
+
+            # Who gets match_cancelled: nobody on void, and on a cancellation everyone
+            # still connected except a player who disconnected.
+            notices = [
+                s.message
+                for s in sends
+                if isinstance(s.message, m.MatchCancelled)
+                and s.message.match == match
+                and self.lobby.sessions.get(s.session) == pid
+            ]
+            if reason == "undeliverable":
+                assert sends == []
+            elif player.session is None or (reason == "disconnected" and pid == culprit):
+                assert notices == []
+            else:
+                assert len(notices) == 1, f"{pid} got {len(notices)} match_cancelled"
+                assert notices[0].reason == reason
+                assert notices[0].requeued is expect_back
+
+    # Sessions.
+
+    @initialize(players=st.lists(st.sampled_from(PLAYERS), min_size=2, max_size=len(PLAYERS), unique=True))
+    def connect_some(self, players: list[str]) -> None:
+        for player in players:
+            self.connect(player)
+
+    @rule(player=st.sampled_from(PLAYERS))
+    def connect(self, player: str) -> None:
+        session = f"s{next(self.session_ids)}"
+        known = self.lobby.players.get(player)
+        old = known.session if known else None
+        before = check_views(self.lobby)
+
+        effects = self.lobby.connect(session, self.store[player], player, None, self.now)
+        self.issued.append(session)
+        self.live[session] = player
+        self.track(effects, before, culprit=player)
+        self.save_players(effects)
+        self.fresh = []
+
+        assert self.lobby.players[player].session == session
+        assert self.lobby.players[player].place is Place.IDLE
+        if old is not None:
+            assert old not in self.live
+            assert old not in self.lobby.sessions
+
+    @precondition(lambda self: self.issued)
+    @rule(data=st.data())
+    def disconnect(self, data: st.DataObject) -> None:
+        session = data.draw(st.sampled_from(self.issued), label="session")
+        self.drop(session)
+        self.fresh = []
+
+    @rule()
+    def disconnect_everyone(self) -> None:
+        self.drop_all()
+
+    def drop(self, session: str) -> None:
+        before = check_views(self.lobby)
+        player = self.live.get(session)
+        effects = self.lobby.disconnect(session, self.now)
+        self.save_players(effects)
+        if player is None:
+            assert effects == []
+            return
+
+        del self.live[session]
+        self.track(effects, before, culprit=player)
+        assert [s for s in all_sends(effects) if s.session == session] == []
+        assert self.lobby.players[player].session is None
+
+    def drop_all(self) -> None:
+        for session in sorted(self.live):
+            self.drop(session)
+        self.fresh = []
+        assert all(not tickets for tickets in self.lobby.queues.values())
+        assert self.lobby.checks == {}
+        assert self.pending == {}
+        assert self.lobby.sessions == {}
+
+    def save_players(self, effects: list[fx.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, fx.SavePlayer):
+                self.store[effect.record.id] = effect.record
+
+    # Queue requests.
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), queue=queue_names, rid=rids)
+    def join_queue(self, data: st.DataObject, queue: str, rid: int | None) -> None:
+        self.join_as(self.draw_live_session(data, Place.IDLE), queue, rid)
+
+    @rule(queue=st.sampled_from(["duel", "duel", "squad", "ffa"]))
+    def join_every_idle(self, queue: str) -> None:
+        """Send join_queue from every idle player at once, as a burst of clients would."""
+        for session, pid in sorted(self.live.items()):
+            if self.lobby.players[pid].place is Place.IDLE:
+                self.join_as(session, queue, None)
+
+    def join_as(self, session: str, queue: str, rid: int | None) -> None:
+        player = self.lobby.players[self.player_of(session)]
+        expected: type[RemoteError] | None = None
+        if queue not in QUEUES:
+            expected = UnknownQueue
+        elif player.place is Place.QUEUED:
+            expected = AlreadyQueued
+        elif player.place is Place.READY_CHECK:
+            expected = InReadyCheck
+
+        effects = self.request(lambda: self.lobby.join_queue(session, queue, self.now, rid), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        assert all_sends(effects) == [fx.Send(session, m.Queued(queue=queue, rid=rid))]
+        assert player.place is Place.QUEUED
+        assert self.lobby.queues[queue][player.id].waiting_since == self.now
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), queue=st.sampled_from([None, *QUEUES, "ranked"]), rid=rids)
+    def leave_queue(self, data: st.DataObject, queue: str | None, rid: int | None) -> None:
+        session = self.draw_live_session(data, Place.QUEUED, Place.READY_CHECK)
+        player = self.lobby.players[self.player_of(session)]
+        place = player.place
+        current = player.queue
+        if place is Place.READY_CHECK:
+            assert player.match is not None
+            current = self.lobby.checks[player.match].queue
+        rejected = current is None or (queue is not None and queue != current)
+        expected = NotQueued if rejected else None
+        before = check_views(self.lobby)
+
+        effects = self.request(lambda: self.lobby.leave_queue(session, queue, self.now, rid), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        self.track(effects, before, culprit=player.id)
+
+        # Exactly one outcome: left_queue, preceded by a declined match when in a check.
+        mine = [s.message for s in all_sends(effects) if s.session == session]
+        assert mine[-1] == m.LeftQueue(queue=current, rid=rid)
+        cancelled = [msg for msg in mine if isinstance(msg, m.MatchCancelled)]
+        if place is Place.READY_CHECK:
+            assert cancelled == [m.MatchCancelled(match=cancelled[0].match, reason="declined", requeued=False)]
+        else:
+            assert cancelled == []
+        assert len(mine) == len(cancelled) + 1
+        assert player.place is Place.IDLE
+
+    # Accept and decline.
+
+    def draw_match(self, data: st.DataObject, player: str) -> str:
+        """Draw the player's own match, a finished or foreign one, or an unknown id."""
+        own = self.lobby.players[player].match
+        choices = sorted({*self.outcomes, *self.lobby.checks, "m-unknown"})
+        if own is not None:
+            return data.draw(st.sampled_from([own, own, *choices]), label="match")
+        return data.draw(st.sampled_from(choices), label="match")
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), rid=rids)
+    def accept(self, data: st.DataObject, rid: int | None) -> None:
+        session = self.draw_live_session(data, Place.READY_CHECK)
+        self.accept_as(session, self.draw_match(data, self.player_of(session)), rid)
+
+    @precondition(lambda self: self.lobby.checks)
+    @rule(data=st.data())
+    def accept_several(self, data: st.DataObject) -> None:
+        """Accept one ready check from some of its players, some of them twice."""
+        match = data.draw(st.sampled_from(sorted(self.lobby.checks)), label="match")
+        players = self.lobby.checks[match].players
+        answers = data.draw(st.lists(st.sampled_from(players), max_size=2 * len(players)), label="players")
+        for pid in answers:
+            session = self.lobby.players[pid].session
+            assert session is not None
+            self.accept_as(session, match, None)
+
+    def accept_as(self, session: str, match: str, rid: int | None) -> None:
+        player = self.lobby.players[self.player_of(session)]
+        valid = player.place is Place.READY_CHECK and player.match == match
+        already = valid and player.id in self.lobby.checks[match].accepted
+        finished = self.lobby.finished.get(match)
+        # A repeated accept after the start is answered again and changes nothing.
+        repeat = finished is not None and finished[0] is CheckState.STARTED and player.id in finished[2]
+
+        effects = self.request(
+            lambda: self.lobby.accept(session, match, self.now, rid), rid, None if valid or repeat else UnknownMatch
+        )
+        self.fresh = []
+        if effects is None:
+            return
+        if repeat:
+            assert effects == [fx.Send(session, m.Accepted(match=match, rid=rid))]
+            return
+        self.track(effects, {})
+        assert effects[0] == fx.Send(session, m.Accepted(match=match, rid=rid))
+        starts = [e for e in effects if isinstance(e, fx.StartMatch)]
+        if already:
+            assert starts == []
+        started = match not in self.lobby.checks
+        assert len(starts) == (1 if started else 0)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), rid=rids)
+    def decline(self, data: st.DataObject, rid: int | None) -> None:
+        session = self.draw_live_session(data, Place.READY_CHECK)
+        player = self.lobby.players[self.player_of(session)]
+        match = self.draw_match(data, player.id)
+        valid = player.place is Place.READY_CHECK and player.match == match
+        before = check_views(self.lobby)
+
+        effects = self.request(
+            lambda: self.lobby.decline(session, match, self.now, rid), rid, None if valid else UnknownMatch
+        )
+        self.fresh = []
+        if effects is None:
+            return
+        self.track(effects, before, culprit=player.id)
+        assert self.outcomes[match] == "cancelled"
+        assert fx.Send(session, m.MatchCancelled(match=match, reason="declined", requeued=False, rid=rid)) in effects
+
+    # Time.
+
+    @rule(step=st.sampled_from(TIME_STEPS))
+    def tick(self, step: float) -> None:
+        self.now += step
+        overdue = {match for match, check in self.lobby.checks.items() if check.deadline <= self.now}
+        before = check_views(self.lobby)
+
+        effects = self.lobby.tick(self.now)
+        self.track(effects, before)
+        for match in overdue:
+            assert self.outcomes[match] == "cancelled"
+            assert self.lobby.finished[match][:2] == (CheckState.CANCELLED, self.now)
+        assert all(check.deadline > self.now for check in self.lobby.checks.values())
+        self.fresh = [e.match for e in effects if isinstance(e, fx.OfferMatch)]
+
+    @precondition(lambda self: self.fresh)
+    @rule(data=st.data(), disconnect_first=st.booleans())
+    def void_fresh_match(self, data: st.DataObject, disconnect_first: bool) -> None:
+        match = data.draw(st.sampled_from(self.fresh), label="match")
+        self.fresh.remove(match)
+        check = self.lobby.checks[match]
+        player = data.draw(st.sampled_from(check.players), label="unreachable")
+        session = self.lobby.players[player].session
+        assert session is not None
+
+        # The server voids the offer when a session is dead. The lobby may or may not
+        # have processed that session's disconnect yet.
+        if disconnect_first:
+            self.drop(session)
+            assert self.lobby.void_match(match, [player], self.now) == []
+            return
+        before = check_views(self.lobby)
+        effects = self.lobby.void_match(match, [player], self.now)
+        self.track(effects, before, lost=frozenset([player]))
+        assert self.outcomes[match] == "cancelled"
+        assert self.lobby.finished[match][:2] == (CheckState.CANCELLED, self.now)
+
+        pending_disconnect = self.lobby.disconnect(session, self.now)
+        del self.live[session]
+        self.save_players(pending_disconnect)
+        assert all_sends(pending_disconnect) == []
+        assert [e for e in pending_disconnect if isinstance(e, fx.SaveMatch)] == []
+
+    @rule(player_ttl=st.sampled_from([0.0, 5.0, 60.0]))
+    def forget(self, player_ttl: float) -> None:
+        online = {pid for pid, p in self.lobby.players.items() if p.session is not None}
+        count = len(self.lobby.players) + len(self.lobby.finished)
+
+        dropped = self.lobby.forget(self.now, player_ttl)
+        assert dropped == count - len(self.lobby.players) - len(self.lobby.finished)
+        assert online <= set(self.lobby.players)
+        for _, finished_at, _ in self.lobby.finished.values():
+            assert finished_at >= self.now - FINISHED_TTL
+        for p in self.lobby.players.values():
+            assert p.session is not None or p.last_seen >= self.now - player_ttl
+
+    # Invariants.
+
+    @invariant()
+    def places_match_records(self) -> None:
+        for pid, player in self.lobby.players.items():
+            if player.place is Place.IDLE:
+                assert player.queue is None
+                assert player.match is None
+            elif player.place is Place.QUEUED:
+                assert player.match is None
+                assert player.queue in self.lobby.queues
+                assert pid in self.lobby.queues[player.queue]
+            else:
+                assert player.queue is None
+                assert player.match in self.lobby.checks
+                assert pid in self.lobby.checks[player.match].tickets
+            queued_in = [name for name, tickets in self.lobby.queues.items() if pid in tickets]
+            checked_in = [match for match, check in self.lobby.checks.items() if pid in check.tickets]
+            assert len(queued_in) + len(checked_in) == (0 if player.place is Place.IDLE else 1)
+
+    @invariant()
+    def tickets_belong_to_queued_players(self) -> None:
+        for name, tickets in self.lobby.queues.items():
+            for pid, ticket in tickets.items():
+                player = self.lobby.players[pid]
+                assert ticket.player == pid
+                assert ticket.queue == name
+                assert player.session is not None, f"ticket of disconnected {pid}"
+                assert player.place is Place.QUEUED
+                assert player.queue == name
+
+    @invariant()
+    def checks_hold_connected_players(self) -> None:
+        seen: set[str] = set()
+        for match, check in self.lobby.checks.items():
+            assert check.state is CheckState.PENDING
+            assert set(check.players) == set(check.tickets)
+            assert check.accepted <= set(check.tickets)
+            assert len(check.players) == QUEUES[check.queue].match_size
+            for pid in check.players:
+                player = self.lobby.players[pid]
+                assert player.session is not None, f"check {match} holds disconnected {pid}"
+                assert player.place is Place.READY_CHECK
+                assert player.match == match
+                assert pid not in seen, f"{pid} is in two ready checks"
+                seen.add(pid)
+
+    @invariant()
+    def sessions_agree(self) -> None:
+        assert self.lobby.sessions == self.live
+        for session, pid in self.lobby.sessions.items():
+            assert self.lobby.players[pid].session == session
+        for pid, player in self.lobby.players.items():
+            if player.session is not None:
+                assert self.lobby.sessions[player.session] == pid
+
+    @invariant()
+    def offers_end_once(self) -> None:
+        assert set(self.pending) == set(self.lobby.checks)
+        assert not set(self.pending) & set(self.outcomes)
+
+    @invariant()
+    def empty_when_everyone_left(self) -> None:
+        if not self.live:
+            assert all(not tickets for tickets in self.lobby.queues.values())
+            assert self.lobby.checks == {}
+            assert self.pending == {}
+
+    def teardown(self) -> None:
+        self.drop_all()
+
+
+LobbyMachine.TestCase.settings = settings(
+    max_examples=500,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLobbyInvariants = LobbyMachine.TestCase
