@@ -44,10 +44,19 @@ class LobbyClient:
         self._rids = itertools.count(1)
 
     @classmethod
-    async def connect(cls, address: str, *, json_lines: bool = False, timeout: float = 10.0) -> LobbyClient:
+    async def connect(
+        cls,
+        address: str,
+        *,
+        json_lines: bool = False,
+        timeout: float = 10.0,
+        source: str | None = None,
+    ) -> LobbyClient:
+        """Connect to ``HOST:PORT``; ``source`` picks the local IP address to connect from."""
         host, port = parse_listen(address)
+        local = (source, 0) if source else None
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_INCOMING_FRAME)
+            reader, writer = await asyncio.open_connection(host, port, limit=MAX_INCOMING_FRAME, local_addr=local)
         return cls(reader, writer, json_lines=json_lines)
 
     def encode(self, message: dict[str, Any]) -> bytes:

@@ -10,10 +10,13 @@ again; with ``requeued`` true the server has already put it back in the queue.
 
 A bot's goal is its ``match_start``. It then stays connected, and keeps accepting,
 until every bot is done, so that a player the server matches twice shows up in the
-report. Every bot pings every ``heartbeat_ms / 2`` while connected. All bots connect
-from one address, so the daemon's ``max_connections_per_address`` must be at least
-``--players``. A bot that the server rejects with ``server_full`` gives up at once,
-because waiting would not help while the other bots hold their connections.
+report. Every bot pings every ``heartbeat_ms / 2`` while connected. Against a
+loopback daemon the bots connect from source addresses 127.0.0.2, 127.0.0.3 and so on,
+``BOTS_PER_SOURCE`` each, so that the daemon's per-address connection limit (256 by
+default) does not turn them away; against any other host they all connect from the
+one address the system picks, and that host's limit must allow ``--players``. A bot
+that the server rejects with ``server_full`` gives up at once, because waiting would
+not help while the other bots hold their connections.
 
 The run ends when every bot has started or given up, when the players left in the
 queue are too few for a match, or at ``--timeout``. Exit status: 0 when every player
@@ -38,6 +41,7 @@ import msgspec
 import uvloop
 
 from lobbyd.client import ClientError, LobbyClient
+from lobbyd.config import parse_listen
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import PROTOCOL_VERSION
 
@@ -47,6 +51,10 @@ EXIT_USAGE: Final = 2
 
 # Seconds a dropped bot stays offline before it reconnects with a new session.
 RECONNECT_DELAY: Final = 0.5
+
+# Bots per loopback source address: below the daemon's default per-address limit
+# of 256 connections, with room for a person's own clients from the same address.
+BOTS_PER_SOURCE: Final = 200
 # A bot that loses its connection this many times without having injected the drop
 # itself gives up, so that a dying server ends the run instead of a reconnect loop.
 MAX_UNEXPECTED_CLOSES: Final = 3
@@ -222,6 +230,15 @@ async def run_sim(options: SimOptions) -> SimReport:
     return build_report(sim, failure)
 
 
+def _source_address(address: str, number: int) -> str | None:
+    """Return the loopback source address of bot ``number``, or None off loopback."""
+    host, _ = parse_listen(address)
+    if not host.startswith("127."):
+        return None
+    index = 2 + number // BOTS_PER_SOURCE
+    return f"127.0.{index // 256}.{index % 256}"
+
+
 async def _probe(address: str) -> None:
     """Open and close one connection, so that an unreachable daemon ends the run at once."""
     try:
@@ -347,6 +364,7 @@ class Bot:
         seed = f"{self.options.seed}:{number}" if self.options.seed is not None else None
         self.rng = random.Random(seed)
         self.heartbeat = 0.0
+        self.source = _source_address(self.options.address, number)
         # Match ids by the rid of this session's accept or decline, to recognize the
         # error a late response gets. Each connection numbers its rids from 1, so a new
         # session clears this and join_rid.
@@ -367,7 +385,7 @@ class Bot:
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _log_in(self) -> LobbyClient:
-        client = await LobbyClient.connect(self.options.address)
+        client = await LobbyClient.connect(self.options.address, source=self.source)
         try:
             welcome = await _hello(client, self.result.player)
         except BaseException:

@@ -98,7 +98,9 @@ def test_rejection_never_echoes_token(verifier: TokenVerifier) -> None:
 
 @pytest.mark.parametrize("curve", ["ed25519", "p256"])
 def test_public_key_verifies(tmp_path: Path, curve: str) -> None:
-    private: Any = ed25519.Ed25519PrivateKey.generate() if curve == "ed25519" else ec.generate_private_key(ec.SECP256R1())
+    private: Any = ec.generate_private_key(ec.SECP256R1())
+    if curve == "ed25519":
+        private = ed25519.Ed25519PrivateKey.generate()
     private_file = tmp_path / "private.pem"
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

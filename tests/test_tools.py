@@ -1,0 +1,165 @@
+"""``lobbyd client`` and ``lobbyd sim`` as subprocesses against a real daemon process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import DaemonProcess, free_port, running_daemon
+
+# Seconds every tool run gets before the test fails. Each test's own limit is above
+# this and well under a minute.
+RUN_TIMEOUT = 25.0
+
+# A short matchmaker tick keeps ready-check rounds fast. The default tick is 200 ms.
+FAST_TICK = {"LOBBYD_TICK_INTERVAL_MS": "50"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    with running_daemon(tmp_path / "data", env=FAST_TICK) as process:
+        yield process
+    assert process.exit_code == 0, process.output()
+
+
+def run_tool(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lobbyd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def run_client(daemon: DaemonProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return run_tool("client", "--connect", daemon.address, "--timeout", "15", *args, stdin=stdin)
+
+
+def run_sim(daemon: DaemonProcess, report: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    options = ["--connect", daemon.address, "--no-progress", "--json", str(report), "--timeout", "20"]
+    done = run_tool("sim", *options, *args)
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return done, data
+
+
+def test_client_pair_reaches_match_start(daemon: DaemonProcess) -> None:
+    def play(player: str) -> subprocess.CompletedProcess[str]:
+        return run_client(daemon, "--player", player, "--auto-accept", "--until", "match_start", stdin="join 1v1\n")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        alice, bob = pool.map(play, ["alice", "bob"])
+
+    for done in (alice, bob):
+        assert done.returncode == 0, done.stderr
+        assert '< {"type":"match_start"' in done.stdout
+        assert '> {"type":"accept"' in done.stdout
+        assert done.stderr == ""
+    started = [event for event in daemon.log_events() if event.get("event") == "match_started"]
+    assert len(started) == 1
+
+
+def test_client_bad_command_keeps_working(daemon: DaemonProcess) -> None:
+    done = run_client(daemon, "--until", "queued", stdin="jion 1v1\njoin\njoin 1v1\n")
+
+    assert done.returncode == 0, done.stderr
+    hints = done.stderr.splitlines()
+    assert len(hints) == 2
+    assert "unknown command 'jion'" in hints[0]
+    assert "usage: join QUEUE" in hints[1]
+    assert '< {"type":"queued","queue":"1v1"' in done.stdout
+
+
+def test_client_eof_prints_reply_and_exits(daemon: DaemonProcess) -> None:
+    done = run_client(daemon, stdin="join 5v5\n")
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('> {"type":"hello"')
+    assert lines[1].startswith('< {"type":"welcome"')
+    assert lines[-1].startswith('< {"type":"queued"')
+
+
+def test_client_connection_refused() -> None:
+    port = free_port()
+
+    done = run_tool("client", "--connect", f"127.0.0.1:{port}", "--timeout", "10")
+
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_client_kicked_exits_3(daemon: DaemonProcess) -> None:
+    command = [sys.executable, "-m", "lobbyd", "client", "--connect", daemon.address, "--player", "twin"]
+    first = subprocess.Popen(
+        [*command, "--timeout", "15"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().startswith('> {"type":"hello"')
+        assert first.stdout.readline().startswith('< {"type":"welcome"')
+
+        second = run_client(daemon, "--player", "twin", "--until", "welcome")
+        stdout, stderr = first.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+    assert second.returncode == 0, second.stderr
+    assert first.returncode == 3, stderr
+    assert '< {"type":"kicked","reason":"logged_in_elsewhere"}' in stdout
+    assert stderr.strip() == "lobbyd client: kicked by the server: logged_in_elsewhere"
+
+
+def test_sim_connection_refused() -> None:
+    port = free_port()
+
+    done = run_tool("sim", "--connect", f"127.0.0.1:{port}", "--players", "2", "--no-progress")
+
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sim_clean_run(daemon: DaemonProcess, tmp_path: Path) -> None:
+    done, report = run_sim(daemon, tmp_path / "report.json", "--players", "20", "--queue", "5v5")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["ok"] is True
+    assert report["matches_started"] == 2
+    assert report["matched_once"] == 20
+    assert report["matched_more_than_once"] == 0
+    assert report["never_matched"] == 0
+    assert report["cancelled_by_reason"] == {}
+    assert "every player started exactly one match" in done.stdout
+    started = [event for event in daemon.log_events() if event.get("event") == "match_started"]
+    assert len(started) == 2
+
+
+def test_sim_declines_still_match_everyone(daemon: DaemonProcess, tmp_path: Path) -> None:
+    done, report = run_sim(
+        daemon, tmp_path / "report.json", "--players", "20", "--queue", "5v5", "--decline-rate", "0.2", "--seed", "1"
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["matched_once"] == 20
+    assert report["matched_more_than_once"] == 0
+    assert report["never_matched"] == 0
+    assert report["declines_injected"] > 0
+    assert report["cancelled_by_reason"].get("declined", 0) > 0
+    assert report["server_errors"] == {}
