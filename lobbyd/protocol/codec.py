@@ -23,6 +23,8 @@ Either carries the request's ``rid`` when the map held a valid one.
 from __future__ import annotations
 
 import enum
+import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -35,6 +37,7 @@ from lobbyd.protocol.messages import CLIENT_TYPES, MAX_RID, ClientMessage, Serve
 DEFAULT_MAX_FRAME: Final = 65_536
 
 LENGTH_PREFIX_BYTES: Final = 4
+_LENGTH: Final = struct.Struct(">I")
 MAX_FRAME_LIMIT: Final = 2**32 - 1
 
 
@@ -59,7 +62,7 @@ _JSON_ENCODER = msgspec.json.Encoder()
 class Codec:
     """Frame and parse one connection's traffic in either framing."""
 
-    __slots__ = ("_broken", "_buffer", "_max_first_byte", "_max_frame", "framing")
+    __slots__ = ("_broken", "_buffer", "_max_first_byte", "_max_frame", "_pos", "framing")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not 1 <= max_frame <= MAX_FRAME_LIMIT:
@@ -69,17 +72,28 @@ class Codec:
         self._max_frame = max_frame
         # The largest allowed length prefix starts with this byte or a smaller one.
         self._max_first_byte = max_frame >> 24
-        self._buffer = bytearray()
+        # Unparsed input starts at _pos. When a read ends on a frame boundary, the
+        # next read's bytes become the buffer as they are, without a copy; a partial
+        # frame is kept in a bytearray, which appends in amortized constant time.
+        self._buffer: bytes | bytearray = b""
+        self._pos = 0
         self._broken: BadFrame | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet parsed into a message."""
-        return len(self._buffer)
+        return len(self._buffer) - self._pos
 
     def receive_data(self, data: bytes) -> None:
         """Append bytes read from the connection; parse them with ``next_message``."""
-        self._buffer += data
+        buffer, pos = self._buffer, self._pos
+        if pos == len(buffer):
+            self._buffer, self._pos = data, 0
+            return
+        if pos or type(buffer) is bytes:
+            buffer = bytearray(memoryview(buffer)[pos:])
+            self._buffer, self._pos = buffer, 0
+        buffer += data
 
     def next_message(self) -> ClientMessage | None:
         """Return the next complete message, or ``None`` when more bytes are needed.
@@ -87,14 +101,26 @@ class Codec:
         Raises ``BadFrame`` (fatal, and raised again on every later call) or a
         non-fatal ``RemoteError`` for a frame that decoded but is not a valid message.
         """
-        if self._broken is not None:
-            raise self._broken
-        try:
-            return self._next_message()
-        except BadFrame as exc:
-            self._broken = exc
-            self._buffer.clear()
-            raise
+        if self.framing is Framing.BINARY and self._broken is None:
+            # The hot path, inlined: a complete binary frame that decodes cleanly.
+            buffer, pos = self._buffer, self._pos
+            size = len(buffer)
+            if size - pos < LENGTH_PREFIX_BYTES:
+                return None
+            (length,) = _LENGTH.unpack_from(buffer, pos)
+            if 0 < length <= self._max_frame:
+                start = pos + LENGTH_PREFIX_BYTES
+                end = start + length
+                if end > size:
+                    return None
+                self._pos = end
+                frame = buffer[start:end]
+                try:
+                    message: ClientMessage = _MSGPACK_TYPED.decode(frame)
+                except (msgspec.DecodeError, RecursionError):
+                    return self._fail(lambda: _decode(bytes(frame), _MSGPACK_TYPED, _MSGPACK_RAW, "msgpack"))
+                return message
+        return self._fail(self._next_message)
 
     def encode(self, message: ServerMessage) -> bytes:
         """Return the bytes that carry ``message`` in this connection's framing.
@@ -104,14 +130,25 @@ class Codec:
         """
         if self.framing is Framing.BINARY:
             payload = _MSGPACK_ENCODER.encode(message)
-            return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big") + payload
+            return _LENGTH.pack(len(payload)) + payload
         return _JSON_ENCODER.encode(message) + b"\n"
+
+    def _fail(self, parse: Callable[[], ClientMessage | None]) -> ClientMessage | None:
+        """Run ``parse``; a ``BadFrame`` it raises breaks the codec for good."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return parse()
+        except BadFrame as exc:
+            self._broken = exc
+            self._buffer, self._pos = b"", 0
+            raise
 
     def _next_message(self) -> ClientMessage | None:
         if self.framing is Framing.UNDECIDED:
-            if not self._buffer:
+            if not self.buffered:
                 return None
-            self.framing = self._choose_framing(self._buffer[0])
+            self.framing = self._choose_framing(self._buffer[self._pos])
         if self.framing is Framing.BINARY:
             return self._next_binary()
         return self._next_json()
@@ -128,40 +165,41 @@ class Codec:
         raise BadFrame(msg)
 
     def _next_binary(self) -> ClientMessage | None:
-        buffer = self._buffer
-        if len(buffer) < LENGTH_PREFIX_BYTES:
+        buffer, pos = self._buffer, self._pos
+        if len(buffer) - pos < LENGTH_PREFIX_BYTES:
             return None
-        length = int.from_bytes(buffer[:LENGTH_PREFIX_BYTES], "big")
+        (length,) = _LENGTH.unpack_from(buffer, pos)
         if length == 0:
             msg = "frame length 0 is invalid: a frame holds one msgpack map of 1 or more bytes"
             raise BadFrame(msg)
         if length > self._max_frame:
             msg = f"frame length {length} exceeds the maximum frame size of {self._max_frame} bytes"
             raise BadFrame(msg)
-        end = LENGTH_PREFIX_BYTES + length
+        end = pos + LENGTH_PREFIX_BYTES + length
         if len(buffer) < end:
             return None
-        frame = bytes(buffer[LENGTH_PREFIX_BYTES:end])
-        del buffer[:end]
+        frame = bytes(buffer[pos + LENGTH_PREFIX_BYTES : end])
+        self._pos = end
         return _decode(frame, _MSGPACK_TYPED, _MSGPACK_RAW, "msgpack")
 
     def _next_json(self) -> ClientMessage | None:
         buffer = self._buffer
         while True:
-            newline = buffer.find(b"\n")
+            pos = self._pos
+            newline = buffer.find(b"\n", pos)
             if newline < 0:
                 # A line of exactly max_frame bytes may still wait for the \n of its \r\n,
                 # so the verdict does not depend on where the stream was split.
                 limit = self._max_frame + 1 if buffer.endswith(b"\r") else self._max_frame
-                if len(buffer) > limit:
+                if len(buffer) - pos > limit:
                     msg = (
                         f"line of more than {self._max_frame} bytes without a newline "
                         "exceeds the maximum frame size"
                     )
                     raise BadFrame(msg)
                 return None
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
+            line = bytes(buffer[pos:newline])
+            self._pos = newline + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > self._max_frame:

@@ -14,6 +14,8 @@ import dataclasses
 import secrets
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 from pathlib import Path
 
 from lobbyd.auth import TokenVerifier
@@ -75,7 +77,6 @@ class Server:
         )
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
         self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
 
@@ -147,18 +148,13 @@ class Server:
         await self.store.close()
         log.info("server_stopped")
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            refusal = self._over_limit(writer)
-            if refusal is None:
-                await Session(reader, writer, self).run()
-            else:
-                await refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
-        finally:
-            self._handlers.discard(task)
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
+        # A plain function returning the session's coroutine, so that the task
+        # start_server makes runs Session.run directly, one coroutine level less per read.
+        refusal = self._over_limit(writer)
+        if refusal is None:
+            return Session(reader, writer, self).run()
+        return refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
 
     def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
         """Return why a new connection must be refused, or None to serve it."""
@@ -181,7 +177,7 @@ class Server:
         for session in self.registry:
             session.kick("shutdown")
 
-        stragglers = await _wait_bounded(self._handlers, timeout)
+        stragglers = await _wait_bounded({s.task for s in self.registry if s.task is not None}, timeout)
         for task in stragglers:
             task.cancel()
         self.matchmaker.drain_requests()

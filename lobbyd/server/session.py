@@ -51,6 +51,9 @@ READ_CHUNK: Final = 65_536
 
 log = logs.get(__name__)
 
+# Returned by the input steps when the session must close after the replies so far.
+_CLOSE: Final = object()
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -84,6 +87,7 @@ class Session:
         self.state = SessionState.NEW
         self.inflight = 0
         self.close_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
         self._reader = reader
         self._writer = writer
         self._transport = writer.transport
@@ -112,12 +116,37 @@ class Session:
     # Life cycle.
 
     async def run(self) -> None:
-        """Serve the connection until it closes; cleanup always runs."""
+        """Serve the connection until it closes; cleanup always runs.
+
+        The read loop sits in this coroutine itself, not in a helper it awaits,
+        because every coroutine level is resumed again on each read.
+        """
+        self.task = asyncio.current_task()
         self._host.register(self)
         self._arm_timer(self._opened + self._host.limits.hello_timeout)
         self.log.info("session_opened")
+        read = self._reader.read
+        codec = self._codec
         try:
-            await self._read_loop()
+            while True:
+                data = await read(READ_CHUNK)
+                if not data:
+                    self.close_reason = self.close_reason or "peer_closed"
+                    return
+                if self.state is SessionState.CLOSED:
+                    return
+                codec.receive_data(data)
+                replies: list[ServerMessage] = []
+                outcome = self._process(replies)
+                while isinstance(outcome, Hello):
+                    # Logging in may read the store, the one await between two messages.
+                    outcome = await self._login_then_process(outcome, replies)
+                if replies:
+                    self.send_many(replies)
+                if outcome is _CLOSE:
+                    self.close(self.close_reason or "bad_frame")
+                    return
+                self._track_partial_frame()
         except ConnectionError as exc:
             self.close_reason = self.close_reason or "connection_reset"
             self.log.info("session_reset", error=str(exc))
@@ -167,7 +196,10 @@ class Session:
     def send_many(self, messages: list[ServerMessage]) -> bool:
         if not self.open:
             return False
-        return self._write(b"".join(self._codec.encode(message) for message in messages))
+        encode = self._codec.encode
+        if len(messages) == 1:
+            return self._write(encode(messages[0]))
+        return self._write(b"".join([encode(message) for message in messages]))
 
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""
@@ -183,57 +215,58 @@ class Session:
 
     # Input.
 
-    async def _read_loop(self) -> None:
-        while True:
-            data = await self._reader.read(READ_CHUNK)
-            if not data:
-                self.close_reason = self.close_reason or "peer_closed"
-                return
-            if self.state is SessionState.CLOSED:
-                return
-            self._codec.receive_data(data)
-            replies: list[ServerMessage] = []
-            keep_going = await self._drain_codec(replies)
-            if replies:
-                self.send_many(replies)
-            if not keep_going:
-                self.close(self.close_reason or "bad_frame")
-                return
-            self._track_partial_frame()
-
-    async def _drain_codec(self, replies: list[ServerMessage]) -> bool:
-        """Handle every complete message buffered; return False when the session must close."""
+    def _process(self, replies: list[ServerMessage]) -> Hello | object | None:
+        """Handle the buffered messages until the buffer runs dry (None), a ``hello``
+        needs the store (the Hello), or the session must close (``_CLOSE``)."""
+        codec = self._codec
+        bucket = self._bucket
+        clock = self._loop.time
         while True:
             try:
-                message = self._codec.next_message()
+                message = codec.next_message()
             except RemoteError as exc:
                 self.log.warning("frame_rejected", code=exc.code, error=exc.message, fatal=exc.fatal)
                 if exc.fatal:
                     # Written in this batch, ahead of any relayed reply, because the
                     # connection closes right after it.
                     replies.append(_error(exc))
-                    return False
+                    return _CLOSE
                 self._reply(replies, _error(exc))
                 continue
             if message is None:
-                return True
-            now = self._loop.time()
+                return None
+            now = clock()
             self._last_active = now
-            if not self._bucket.take(now):
+            if not bucket.take(now):
                 if not self._rate_limited(message, replies):
-                    return False
+                    return _CLOSE
                 continue
+            if type(message) is Ping and self.state is SessionState.AUTHENTICATED:
+                self._reply(replies, Pong(rid=message.rid))
+                continue
+            if self.state is SessionState.NEW and type(message) is Hello:
+                return message
             try:
-                await self._handle(message, replies)
+                self._handle(message, replies)
             except RemoteError as exc:
                 self.log.info("request_rejected", code=exc.code, type=_type_of(message))
-                if exc.fatal:
-                    replies.append(_error(exc))
-                    self.close_reason = exc.code
-                    return False
                 self._reply(replies, _error(exc))
             if self.state is SessionState.CLOSED:
-                return True
+                return None
+
+    async def _login_then_process(self, hello: Hello, replies: list[ServerMessage]) -> Hello | object | None:
+        try:
+            await self._login(hello)
+        except RemoteError as exc:
+            self.log.info("request_rejected", code=exc.code, type="hello")
+            if exc.fatal:
+                replies.append(_error(exc))
+                self.close_reason = exc.code
+                return _CLOSE
+            self._reply(replies, _error(exc))
+        if self.state is SessionState.CLOSED:
+            return None
+        return self._process(replies)
 
     def _rate_limited(self, message: ClientMessage, replies: list[ServerMessage]) -> bool:
         """Answer a message over the rate; return False once the abuse is sustained."""
@@ -247,19 +280,14 @@ class Session:
         self._reply(replies, Error(code=RateLimited.code, message=msg, rid=message.rid, retry_after_ms=retry_ms))
         return True
 
-    async def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
+    def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
         if self.state is SessionState.NEW:
-            if not isinstance(message, Hello):
-                msg = f"send hello before {_type_of(message)!r}"
-                raise NotAuthenticated(msg, rid=message.rid)
-            await self._login(message)
-        elif isinstance(message, Hello):
+            msg = f"send hello before {_type_of(message)!r}"
+            raise NotAuthenticated(msg, rid=message.rid)
+        if isinstance(message, Hello):
             msg = f"this connection is already authenticated as player {self.player!r}"
             raise AlreadyAuthenticated(msg, rid=message.rid)
-        elif isinstance(message, Ping):
-            self._reply(replies, Pong(rid=message.rid))
-        else:
-            self._forward(Incoming(self, message))
+        self._forward(Incoming(self, message))
 
     async def _login(self, hello: Hello) -> None:
         if hello.v != PROTOCOL_VERSION:
