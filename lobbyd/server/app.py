@@ -15,8 +15,8 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
