@@ -81,6 +81,30 @@ class SessionHost(Protocol):
 class Session:
     """One connected client, from accept to close."""
 
+    # Slots and a logger bound only when a line is written keep an idle session
+    # small: at 100,000 sessions every hundred bytes is 10 MB.
+    __slots__ = (
+        "_bucket",
+        "_codec",
+        "_host",
+        "_last_active",
+        "_loop",
+        "_opened",
+        "_partial_since",
+        "_reader",
+        "_timer",
+        "_transport",
+        "_writer",
+        "address",
+        "close_reason",
+        "id",
+        "inflight",
+        "peer",
+        "player",
+        "state",
+        "task",
+    )
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: SessionHost) -> None:
         self.id = secrets.token_hex(6)
         self.player: str | None = None
@@ -102,7 +126,13 @@ class Session:
         peer = writer.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.log: Any = log.bind(session=self.id, peer=self.peer)
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this session's ids."""
+        if self.player is None:
+            return log.bind(session=self.id, peer=self.peer)
+        return log.bind(session=self.id, peer=self.peer, player=self.player)
 
     @property
     def framing(self) -> Framing:
@@ -309,7 +339,6 @@ class Session:
             return
         self.state = next_state(self.id, self.state, SessionEvent.HELLO)
         self.player = hello.player
-        self.log = self.log.bind(player=hello.player)
         self._arm_timer(self._last_active + self._host.limits.heartbeat_timeout)
         self._forward(Login(self, hello, record))
 
