@@ -65,6 +65,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     hello_timeout_ms: Milliseconds = 10_000
     ready_check_timeout_ms: Milliseconds = 10_000
     tick_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
+    max_matches_per_tick: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    """Matches one tick may form; a tick that reaches it continues right after pending I/O."""
     flush_interval_ms: Milliseconds = 500
     send_timeout_ms: Milliseconds = 5_000
     """How long a match_start may wait for a client's socket to drain."""
@@ -128,6 +130,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
         return LobbySettings(
             ready_timeout=self.ready_check_timeout_ms / 1000,
             heartbeat_ms=self.heartbeat_interval_ms,
+            max_matches_per_tick=self.max_matches_per_tick,
         )
 
     def auth_settings(self) -> AuthSettings:

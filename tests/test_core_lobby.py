@@ -728,3 +728,23 @@ def test_forgotten_player_reloads_record() -> None:
     effects = lobby.connect("s-a2", record, "a", None, 200.0)
 
     assert inbox(effects, "s-a2")[0] == m.Welcome(session="s-a2", player="a", heartbeat_ms=10_000, rating=1710)
+
+
+def test_tick_stops_at_match_budget() -> None:
+    lobby = Lobby({"duel": QueueRules("duel", 2, 1)}, LobbySettings(max_matches_per_tick=2), match_ids())
+    names = [f"p{i}" for i in range(10)]
+    for name in names:
+        login(lobby, name)
+    queue_up(lobby, "duel", names)
+
+    first = lobby.tick(0.0)
+    assert len([e for e in first if isinstance(e, fx.OfferMatch)]) == 2
+    assert lobby.more_to_match is True
+    assert len(lobby.queues["duel"]) == 6
+
+    lobby.tick(0.0)
+    lobby.tick(0.0)
+    assert len(lobby.queues["duel"]) == 0
+    last = lobby.tick(0.0)
+    assert [e for e in last if isinstance(e, fx.OfferMatch)] == []
+    assert lobby.more_to_match is False

@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 
 from lobbyd.core import effects as fx
-from lobbyd.core.matchmaker import find_groups
+from lobbyd.core.matchmaker import take_groups
 from lobbyd.core.model import (
     DEFAULT_RATING,
     LobbySettings,
@@ -28,6 +28,7 @@ from lobbyd.core.model import (
     QueueRules,
     Ticket,
 )
+from lobbyd.core.pool import TicketPool
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
@@ -54,13 +55,16 @@ class Lobby:
         self._new_match_id = new_match_id
         self.players: dict[str, Player] = {}
         self.sessions: dict[str, str] = {}
-        self.queues: dict[str, dict[str, Ticket]] = {name: {} for name in queues}
+        self.queues: dict[str, TicketPool] = {name: TicketPool() for name in queues}
         self.checks: dict[str, ReadyCheck] = {}
         # Finished ready checks by match id: (state, finished at, players of a started
         # match), so that a late accept or decline gets a precise answer.
         # accept or decline gets a precise error. ``forget`` trims it.
         self.finished: dict[str, tuple[CheckState, float, frozenset[str]]] = {}
         self._seq = itertools.count()
+        # True when the last tick stopped at max_matches_per_tick and may have left
+        # matches to form; the server then ticks again without waiting an interval.
+        self.more_to_match = False
 
     # Sessions.
 
@@ -230,9 +234,12 @@ class Lobby:
         effects: list[fx.Effect] = []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
+        budget = self.settings.max_matches_per_tick
         for name, rules in self.rules.items():
-            for group in find_groups(self.queues[name].values(), rules, now):
+            for group in take_groups(self.queues[name], rules, now, budget):
                 effects.extend(self._propose(rules, group, now))
+                budget -= 1
+        self.more_to_match = budget <= 0
         return effects
 
     def void_match(self, match: str, unreachable: Iterable[str], now: float) -> list[fx.Effect]:
@@ -310,13 +317,13 @@ class Lobby:
         raise UnknownMatch(msg, rid=rid)
 
     def _add_ticket(self, player: Player, ticket: Ticket) -> None:
-        self.queues[ticket.queue][player.id] = ticket
+        self.queues[ticket.queue].add(ticket)
         player.place, player.queue = Place.QUEUED, ticket.queue
 
     def _remove_ticket(self, player: Player) -> str:
         queue = player.queue
         assert queue is not None
-        del self.queues[queue][player.id]
+        self.queues[queue].remove(player.id)
         player.place, player.queue = Place.IDLE, None
         return queue
 
@@ -337,8 +344,8 @@ class Lobby:
         accept_ms = round(self.settings.ready_timeout * 1000)
         for ticket in group:
             player = self.players[ticket.player]
-            self._remove_ticket(player)
-            player.place, player.match = Place.READY_CHECK, match
+            # take_groups already removed the ticket from the pool.
+            player.place, player.queue, player.match = Place.READY_CHECK, None, match
             assert player.session is not None
             found = m.MatchFound(match=match, queue=rules.name, players=len(group), accept_ms=accept_ms)
             sends.append(fx.Send(player.session, found))

@@ -48,6 +48,11 @@ class LobbySettings:
     finished_ttl: float = 300.0
     """Seconds a finished ready check is remembered, so late answers get a clear error."""
 
+    max_matches_per_tick: int = 50
+    """Matches one tick may form across all queues. It bounds how long a tick holds
+    the event loop (about 4 ms for 50 5v5 matches); when it is reached the lobby
+    sets ``more_to_match`` and the server ticks again as soon as I/O has run."""
+
     dev_mode: bool = False
     """True when the server checks no player tokens; ``welcome`` says so."""
 

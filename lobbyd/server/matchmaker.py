@@ -69,11 +69,17 @@ class MatchmakerLoop:
                             self.handle(await self.requests.get())
                     except TimeoutError:
                         pass
+                else:
+                    # Let sessions read and write before the next slice of matching.
+                    await asyncio.sleep(0)
                 self.drain_requests()
                 if loop.time() >= next_tick:
                     self.tick()
-                    # A late tick does not trigger a burst of catch-up ticks.
+                    # A late tick does not trigger a burst of catch-up ticks; a tick
+                    # that hit its match budget is continued at once.
                     next_tick = max(next_tick + self.tick_interval, loop.time())
+                    if self.lobby.more_to_match:
+                        next_tick = loop.time()
         finally:
             log.info("matchmaker_stopped")
 
