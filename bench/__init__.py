@@ -1,0 +1,1 @@
+"""The lobbyd benchmark suite; see ``bench/run.py`` and BENCHMARKS.md."""
