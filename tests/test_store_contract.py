@@ -299,3 +299,18 @@ async def test_sqlite_invalid_match_row_raises(sqlite_store: SqliteStore) -> Non
 
     with pytest.raises(StoreError, match="exploded"):
         await sqlite_store.load_match(STARTED.id)
+
+
+async def test_load_players_returns_known(store: Store) -> None:
+    await store.save([ALICE, BOB], [])
+    found = await store.load_players(["p-alice", "p-nobody", "p-bob"])
+    assert found == {"p-alice": ALICE, "p-bob": BOB}
+
+
+async def test_load_players_many_ids(store: Store) -> None:
+    records = [PlayerRecord(f"p{i}", f"P{i}", 1000 + i, 1.0, 2.0) for i in range(1200)]
+    await store.save(records, [])
+    wanted = [f"p{i}" for i in range(0, 1300, 3)]
+    found = await store.load_players(wanted)
+    assert sorted(found) == sorted(f"p{i}" for i in range(0, 1200, 3))
+    assert found["p999"].rating == 1999

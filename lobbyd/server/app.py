@@ -26,6 +26,7 @@ from lobbyd.errors import StoreError
 from lobbyd.server import logs
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.persistence import Persistence
+from lobbyd.server.player_loader import PlayerLoader
 from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Request
@@ -37,6 +38,10 @@ from lobbyd.store.sqlite import SqliteStore
 log = logs.get(__name__)
 
 DATABASE_FILE = "lobbyd.sqlite3"
+
+# A login storm of 10,000 clients overflowed a backlog of 1,024; the kernel caps the
+# value at net.core.somaxconn (4,096 by default since Linux 5.4).
+LISTEN_BACKLOG = 4096
 
 
 def new_match_id() -> str:
@@ -68,6 +73,7 @@ class Server:
         settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
         self.lobby = Lobby(config.queue_rules(), settings, new_match_id)
         self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
+        self.players = PlayerLoader(self.store)
         self.matchmaker = MatchmakerLoop(
             self.lobby,
             self.registry,
@@ -100,7 +106,7 @@ class Server:
         record = self.lobby.known_record(player_id) or self.persistence.pending_player(player_id)
         if record is not None:
             return record
-        return await self.store.load_player(player_id)
+        return await self.players.load(player_id)
 
     # Life cycle.
 
@@ -113,7 +119,9 @@ class Server:
         await self.store.open()
         host, port = self.config.host_port
         try:
-            self._listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
+            self._listener = await asyncio.start_server(
+                self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
         except OSError:
             await self.store.close()
             raise

@@ -24,6 +24,7 @@ which bounds memory however many clients stop reading.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -106,7 +107,7 @@ class Session:
     )
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: SessionHost) -> None:
-        self.id = secrets.token_hex(6)
+        self.id = _new_session_id()
         self.player: str | None = None
         self.state = SessionState.NEW
         self.inflight = 0
@@ -154,7 +155,7 @@ class Session:
         self.task = asyncio.current_task()
         self._host.register(self)
         self._arm_timer(self._opened + self._host.limits.hello_timeout)
-        self.log.info("session_opened")
+        log.info("session_opened", session=self.id, peer=self.peer)
         read = self._reader.read
         codec = self._codec
         try:
@@ -197,7 +198,14 @@ class Session:
         if was_authenticated:
             self._host.submit(Gone(self))
         duration_ms = round((self._loop.time() - self._opened) * 1000)
-        self.log.info("session_closed", reason=self.close_reason, duration_ms=duration_ms, player=self.player)
+        log.info(
+            "session_closed",
+            session=self.id,
+            peer=self.peer,
+            player=self.player,
+            reason=self.close_reason,
+            duration_ms=duration_ms,
+        )
 
     def close(self, reason: str, *, abort: bool = False) -> None:
         """Close the connection; queued bytes are still written unless ``abort``."""
@@ -339,7 +347,12 @@ class Session:
             return
         self.state = next_state(self.id, self.state, SessionEvent.HELLO)
         self.player = hello.player
-        self._arm_timer(self._last_active + self._host.limits.heartbeat_timeout)
+        # The hello deadline's timer usually stays armed: when it fires it finds the
+        # session authenticated and re-arms itself for the heartbeat deadline. Only a
+        # heartbeat timeout shorter than the hello timeout needs an earlier timer.
+        heartbeat_deadline = self._last_active + self._host.limits.heartbeat_timeout
+        if self._timer is None or heartbeat_deadline < self._timer.when():
+            self._arm_timer(heartbeat_deadline)
         self._forward(Login(self, hello, record))
 
     def _forward(self, request: Request) -> None:
@@ -398,6 +411,16 @@ class Session:
         if self._partial_since is None:
             return deadline
         return min(deadline, self._partial_since + self._host.limits.frame_timeout)
+
+
+# Session ids only need to be unique within this process and readable in logs: a
+# random per-process prefix and a counter, without a system call per connection.
+_SESSION_PREFIX: Final = secrets.token_hex(3)
+_session_numbers = itertools.count(1)
+
+
+def _new_session_id() -> str:
+    return f"{_SESSION_PREFIX}{next(_session_numbers):x}"
 
 
 def _error(exc: RemoteError) -> Error:

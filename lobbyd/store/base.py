@@ -23,6 +23,9 @@ class Store(Protocol):
     async def load_player(self, player_id: str) -> PlayerRecord | None:
         """Return the stored record of ``player_id``, or ``None`` for an unknown player."""
 
+    async def load_players(self, player_ids: Sequence[str]) -> dict[str, PlayerRecord]:
+        """Return the stored records of those of ``player_ids`` the store knows."""
+
     async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
         """Upsert ``players`` and ``matches`` in one transaction.
 

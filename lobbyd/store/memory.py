@@ -23,6 +23,9 @@ class MemoryStore:
     async def load_player(self, player_id: str) -> PlayerRecord | None:
         return self.players.get(player_id)
 
+    async def load_players(self, player_ids: Sequence[str]) -> dict[str, PlayerRecord]:
+        return {pid: self.players[pid] for pid in player_ids if pid in self.players}
+
     async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
         self.players.update((record.id, record) for record in players)
         self.matches.update((record.id, record) for record in matches)

@@ -133,6 +133,11 @@ class SqliteStore:
             "load_player", lambda connection: _select_player(connection, player_id)
         )
 
+    async def load_players(self, player_ids: Sequence[str]) -> dict[str, PlayerRecord]:
+        """Return the stored records of ``player_ids``, in one trip to the worker thread."""
+        ids = list(player_ids)
+        return await self._run("load_players", lambda connection: _select_players(connection, ids))
+
     async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
         """Upsert ``players`` and ``matches`` in one transaction: all of them or none."""
         player_rows = [_player_row(record) for record in players]
@@ -288,6 +293,23 @@ def _select_player(connection: sqlite3.Connection, player_id: str) -> PlayerReco
         return None
     name, rating, first_seen, last_seen = row
     return PlayerRecord(player_id, name, rating, first_seen, last_seen)
+
+
+# SQLite allows 32,766 host parameters per statement since 3.32; 500 keeps each
+# statement small and the plan cached.
+_SELECT_CHUNK = 500
+
+
+def _select_players(connection: sqlite3.Connection, player_ids: list[str]) -> dict[str, PlayerRecord]:
+    found: dict[str, PlayerRecord] = {}
+    for start in range(0, len(player_ids), _SELECT_CHUNK):
+        chunk = player_ids[start : start + _SELECT_CHUNK]
+        # Only "?" placeholders are formatted into the SQL; the ids are bound parameters.
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT id, name, rating, first_seen, last_seen FROM players WHERE id IN ({marks})"
+        for player_id, name, rating, first_seen, last_seen in connection.execute(query, chunk):
+            found[player_id] = PlayerRecord(player_id, name, rating, first_seen, last_seen)
+    return found
 
 
 def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRow | None:
