@@ -14,28 +14,35 @@ log = logs.get(__name__)
 
 
 async def fan_out(sends: Iterable[Send], registry: Registry, send_timeout: float) -> int:
-    """Write each message and wait, per session and at most ``send_timeout`` s, for it to drain.
+    """Write every message at once, then wait for slow sockets to drain; return how many took it.
 
-    Returns how many sessions took their message. Every delivery is its own task in
-    one ``TaskGroup``; a delivery never raises, so a slow or broken connection is
-    closed on its own and cannot cancel or delay the others beyond the group's end.
+    Writing never blocks, so every session gets its bytes in the same loop iteration.
+    Only sessions whose transport buffer is above its high-water mark are then
+    awaited, each in its own task of one ``TaskGroup`` and for at most
+    ``send_timeout`` seconds. A delivery task never raises, so a slow or broken
+    connection is closed on its own and cannot cancel or delay the others.
     """
-    delivered: list[bool] = []
+    written: list[Session] = []
+    for send in sends:
+        session = registry.get(send.session)
+        if session is not None and session.send(send.message):
+            written.append(session)
+
+    stalled = [session for session in written if session.backed_up]
+    if not stalled:
+        return len(written)
+    drained: list[bool] = []
     async with asyncio.TaskGroup() as group:
-        for send in sends:
-            session = registry.get(send.session)
-            if session is not None:
-                group.create_task(_deliver(session, send, send_timeout, delivered))
-    return sum(delivered)
+        for session in stalled:
+            group.create_task(_drain(session, send_timeout, drained))
+    return len(written) - len(stalled) + len(drained)
 
 
-async def _deliver(session: Session, send: Send, send_timeout: float, delivered: list[bool]) -> None:
+async def _drain(session: Session, send_timeout: float, drained: list[bool]) -> None:
     try:
-        if not session.send(send.message):
-            return
         async with asyncio.timeout(send_timeout):
             await session.drain()
-        delivered.append(True)
+        drained.append(True)
     except TimeoutError:
         session.log.warning("send_timed_out", timeout_s=send_timeout)
         session.close("send_timeout", abort=True)

@@ -191,6 +191,7 @@ class MatchmakerLoop:
         task.add_done_callback(self.starts.discard)
 
     async def _start(self, record: MatchRecord, sends: tuple[fx.Send, ...]) -> None:
+        began = time.perf_counter()
         if not await self._commit(record):
             self.lobby.abort_start(record.id, time.time())
             cancelled = [
@@ -199,15 +200,24 @@ class MatchmakerLoop:
             ]
             self.apply(cancelled)
             return
-        log.info("match_started", match=record.id, queue=record.queue, teams=[list(t) for t in record.teams])
+        committed = time.perf_counter()
         delivered = await fan_out(sends, self.registry, self.send_timeout)
+        log.info(
+            "match_started",
+            match=record.id,
+            queue=record.queue,
+            teams=[list(t) for t in record.teams],
+            commit_ms=round((committed - began) * 1000, 2),
+            start_ms=round((time.perf_counter() - began) * 1000, 2),
+        )
         if delivered < len(sends):
             log.info("match_start_partial", match=record.id, delivered=delivered, players=len(sends))
 
     async def _commit(self, record: MatchRecord) -> bool:
         for attempt, delay in enumerate((*COMMIT_RETRY_DELAYS, None), start=1):
             try:
-                await self.persistence.commit_match(record)
+                players = [player for team in record.teams for player in team]
+                await self.persistence.commit_match(record, players)
                 return True
             except StoreError as exc:
                 log.error("match_commit_failed", match=record.id, attempt=attempt, error=str(exc))

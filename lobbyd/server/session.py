@@ -239,6 +239,11 @@ class Session:
             return self._write(encode(messages[0]))
         return self._write(b"".join([encode(message) for message in messages]))
 
+    @property
+    def backed_up(self) -> bool:
+        """True while unsent bytes are above the transport's high-water mark."""
+        return self._transport.get_write_buffer_size() > self._transport.get_write_buffer_limits()[1]
+
     async def drain(self) -> None:
         """Wait until the transport's buffer is below its high-water mark."""
         await self._writer.drain()
