@@ -24,6 +24,7 @@ from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
+from lobbyd.server.gc_policy import freeze_survivors
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
@@ -126,6 +127,7 @@ class Server:
             await self.store.close()
             raise
         self.address = self._listener.sockets[0].getsockname()[:2]
+        freeze_survivors()
         if self.verifier.dev_mode:
             detail = "no auth key is configured: any player id is accepted (development mode)"
             log.warning("auth_disabled", detail=detail)
@@ -224,7 +226,14 @@ class Server:
             log.error("stale_session_removed", session=session_id, player=self.lobby.sessions[session_id])
             self.matchmaker.apply(self.lobby.disconnect(session_id, now))
         dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
-        log.info("cleanup_done", dropped=dropped, players=len(self.lobby.players), sessions=len(self.registry))
+        frozen = freeze_survivors()
+        log.info(
+            "cleanup_done",
+            dropped=dropped,
+            players=len(self.lobby.players),
+            sessions=len(self.registry),
+            gc_frozen=frozen,
+        )
 
 
 async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
