@@ -28,6 +28,7 @@ from lobbyd.core.model import (
     QueueRules,
     Ticket,
 )
+from lobbyd.core.ratings import Skill, display_rating
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
@@ -151,7 +152,7 @@ class Lobby:
             msg = f"player {player.id!r} is in the ready check of match {player.match!r}; accept or decline it first"
             raise InReadyCheck(msg, rid=rid)
 
-        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq))
+        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq), skill=player.current_skill)
         self._add_ticket(player, ticket)
         return [
             fx.Send(session, m.Queued(queue=queue, rid=rid)),
@@ -281,7 +282,12 @@ class Lobby:
     def _load(self, record: PlayerRecord | None, player_id: str, name: str | None, now: float) -> Player:
         if record is None:
             return Player(player_id, name or player_id, DEFAULT_RATING, now, now)
-        return Player(record.id, record.name, record.rating, record.first_seen, record.last_seen)
+        player = Player(record.id, record.name, record.rating, record.first_seen, record.last_seen)
+        if record.mu is not None and record.sigma is not None:
+            player.skill = Skill(record.mu, record.sigma)
+            player.rating = display_rating(player.skill, self.settings.rating_k)
+        player.games, player.wins = record.games, record.wins
+        return player
 
     def _player_of(self, session: str) -> Player:
         # The server only forwards requests of authenticated sessions, so a miss here

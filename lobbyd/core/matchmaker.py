@@ -43,7 +43,7 @@ def find_groups(tickets: Iterable[Ticket], rules: QueueRules, now: float) -> lis
             continue
         if len(pool) - len(taken) < need:
             break
-        window = rules.window(now - anchor.waiting_since)
+        window = rules.window(now - anchor.waiting_since, anchor.uncertainty)
         candidates = _nearest_free(by_rating, ratings, index[anchor.player], window, need, taken)
         if len(candidates) < need - 1:
             continue

@@ -1,4 +1,8 @@
-"""Split a matched group of players into teams whose rating sums are as even as possible."""
+"""Split a matched group of players into teams that are as even as possible.
+
+Two teams are split so that the predicted chance of either winning is as close to
+one half as possible; more teams are split greedily by rating.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from math import comb
 from typing import Final
 
 from lobbyd.core.model import Ticket
+from lobbyd.core.ratings import win_probability
 
 # Two-team splits are searched exhaustively up to this many candidate splits
 # (5v5 has 126, 8v8 has 6,435); larger teams fall back to the greedy split.
@@ -15,7 +20,7 @@ MAX_EXHAUSTIVE_SPLITS: Final = 10_000
 
 
 def split_teams(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]]:
-    """Return ``team_count`` teams of ``team_size`` tickets with minimal rating-sum spread.
+    """Return ``team_count`` teams of ``team_size`` tickets, as evenly matched as possible.
 
     Two teams are split exhaustively when the search is small enough, else greedily:
     strongest player first, each to the weakest team that still has room.
@@ -29,23 +34,27 @@ def split_teams(tickets: Sequence[Ticket], team_count: int, team_size: int) -> l
 
 
 def _best_two_team_split(tickets: Sequence[Ticket], team_size: int) -> list[list[Ticket]]:
-    # Fixing the first ticket in team 0 visits each split once instead of twice.
-    total = sum(ticket.rating for ticket in tickets)
+    """Return the split whose predicted win probability is closest to 0.5; the first such wins ties."""
+    skills = [ticket.current_skill for ticket in tickets]
+    everyone = range(len(tickets))
     best: tuple[int, ...] = tuple(range(team_size))
-    best_gap: int | None = None
+    best_gap: float | None = None
+    # Fixing the first ticket in team 0 visits each split once instead of twice.
     for rest in itertools.combinations(range(1, len(tickets)), team_size - 1):
         chosen = (0, *rest)
-        first_sum = sum(tickets[i].rating for i in chosen)
-        gap = abs(total - 2 * first_sum)
+        in_first = set(chosen)
+        first = [skills[i] for i in chosen]
+        second = [skills[i] for i in everyone if i not in in_first]
+        gap = abs(win_probability(first, second) - 0.5)
         if best_gap is None or gap < best_gap:
             best, best_gap = chosen, gap
-            if gap == 0:
+            if gap == 0.0:
                 break
 
-    in_first = set(best)
-    first = [tickets[i] for i in best]
-    second = [ticket for i, ticket in enumerate(tickets) if i not in in_first]
-    return [first, second]
+    in_best = set(best)
+    first_team = [tickets[i] for i in best]
+    second_team = [ticket for i, ticket in enumerate(tickets) if i not in in_best]
+    return [first_team, second_team]
 
 
 def _greedy_split(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]]:
