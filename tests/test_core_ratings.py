@@ -141,7 +141,7 @@ def test_split_uses_mu_not_display() -> None:
     c, d = Skill(35.0, 6.0), Skill(35.0, 6.0)
     tickets = [ticket(name, skill, seq=i) for i, (name, skill) in enumerate(zip("abcd", (a, b, c, d), strict=True))]
 
-    first, second = split_teams(tickets, 2, 2)
+    first, _ = split_teams(tickets, 2, 2)
 
     assert {t.player for t in first} in ({"a", "c"}, {"a", "d"})
 
