@@ -18,8 +18,9 @@ from pathlib import Path
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
+from lobbyd.core.hosting import HostingCounts
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import PlayerRecord
+from lobbyd.core.model import HistoryEntry, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
 from lobbyd.server.matchmaker import MatchmakerLoop
@@ -59,12 +60,15 @@ class Server:
             frame_timeout=config.frame_timeout_ms / 1000,
             rate_per_s=config.rate_limit_per_s,
             rate_burst=config.rate_limit_burst,
+            game_server_rate_per_s=config.game_server_rate_limit_per_s,
+            game_server_rate_burst=config.game_server_rate_limit_burst,
         )
         self.verifier = TokenVerifier(config.auth_settings())
+        self.game_server_key = config.game_server_key()
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
         settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
-        self.lobby = Lobby(config.queue_rules(), settings, new_match_id)
+        self.lobby = Lobby(config.queue_rules(), settings, new_match_id, config.hosting_settings())
         self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
         self.matchmaker = MatchmakerLoop(
             self.lobby,
@@ -101,6 +105,14 @@ class Server:
             return record
         return await self.store.load_player(player_id)
 
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]:
+        return await self.store.load_history(player_id, limit)
+
+    @property
+    def hosting_counts(self) -> HostingCounts | None:
+        """Counts of allocations, results and abandoned matches; None without game servers."""
+        return self.lobby.hosting.counts if self.lobby.hosting is not None else None
+
     # Life cycle.
 
     async def run(self) -> None:
@@ -126,7 +138,13 @@ class Server:
             store=self.config.store,
             data_dir=self.config.data_dir,
             queues=sorted(self.lobby.rules),
+            game_servers=self._game_server_mode(),
         )
+
+    def _game_server_mode(self) -> str:
+        registered = "registered" if self.game_server_key is not None else ""
+        static = "static" if self.config.static_game_servers else ""
+        return "+".join(mode for mode in (registered, static) if mode) or "none"
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from lobbyd.auth import TokenVerifier
-from lobbyd.core.model import PlayerRecord
+from lobbyd.core.model import HistoryEntry, PlayerRecord
 from lobbyd.errors import (
     AlreadyAuthenticated,
     NotAuthenticated,
@@ -39,10 +39,22 @@ from lobbyd.errors import (
     UnsupportedVersion,
 )
 from lobbyd.protocol.codec import Codec, Framing
-from lobbyd.protocol.messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Kicked, Ping, Pong, ServerMessage
+from lobbyd.protocol.messages import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Error,
+    GetHistory,
+    Hello,
+    Kicked,
+    Ping,
+    Pong,
+    Register,
+    ServerMessage,
+)
 from lobbyd.server import logs
+from lobbyd.server.game_server_session import SessionRole, check_registration, history_message
 from lobbyd.server.ratelimit import TokenBucket
-from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
+from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
 
 # Bytes asked of the socket per read: large enough to take a burst of pipelined
@@ -61,6 +73,8 @@ class SessionLimits:
     frame_timeout: float
     rate_per_s: float
     rate_burst: int
+    game_server_rate_per_s: float = 200.0
+    game_server_rate_burst: int = 600
 
 
 class SessionHost(Protocol):
@@ -68,11 +82,13 @@ class SessionHost(Protocol):
 
     limits: SessionLimits
     verifier: TokenVerifier
+    game_server_key: bytes | None
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
     def unregister(self, session: Session) -> None: ...
     async def load_player(self, player_id: str) -> PlayerRecord | None: ...
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]: ...
 
 
 class Session:
@@ -81,6 +97,7 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: SessionHost) -> None:
         self.id = secrets.token_hex(6)
         self.player: str | None = None
+        self.role: SessionRole | None = None
         self.state = SessionState.NEW
         self.inflight = 0
         self.close_reason: str | None = None
@@ -131,7 +148,7 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
         was_authenticated = self.state is SessionState.AUTHENTICATED or (
-            self.state is SessionState.CLOSED and self.player is not None
+            self.state is SessionState.CLOSED and self.role is not None
         )
         self.close(self.close_reason or "peer_closed")
         self._host.unregister(self)
@@ -249,15 +266,21 @@ class Session:
 
     async def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
         if self.state is SessionState.NEW:
+            if isinstance(message, Register):
+                self._register(message)
+                return
             if not isinstance(message, Hello):
                 msg = f"send hello before {_type_of(message)!r}"
                 raise NotAuthenticated(msg, rid=message.rid)
             await self._login(message)
-        elif isinstance(message, Hello):
-            msg = f"this connection is already authenticated as player {self.player!r}"
+        elif isinstance(message, Hello | Register):
+            who = f"player {self.player!r}" if self.role is SessionRole.PLAYER else "a game server"
+            msg = f"this connection is already authenticated as {who}"
             raise AlreadyAuthenticated(msg, rid=message.rid)
         elif isinstance(message, Ping):
             self._reply(replies, Pong(rid=message.rid))
+        elif isinstance(message, GetHistory) and self.role is SessionRole.PLAYER:
+            await self._history(message, replies)
         else:
             self._forward(Incoming(self, message))
 
@@ -281,9 +304,37 @@ class Session:
             return
         self.state = next_state(self.id, self.state, SessionEvent.HELLO)
         self.player = hello.player
+        self.role = SessionRole.PLAYER
         self.log = self.log.bind(player=hello.player)
         self._arm_timer(self._last_active + self._host.limits.heartbeat_timeout)
         self._forward(Login(self, hello, record))
+
+    def _register(self, message: Register) -> None:
+        """Make this a game-server session, if the secret checks out."""
+        try:
+            check_registration(self._host.game_server_key, message)
+        except RemoteError as exc:
+            self.log.warning("registration_rejected", server=message.server, code=exc.code, error=exc.message)
+            raise
+        self.state = next_state(self.id, self.state, SessionEvent.HELLO)
+        self.role = SessionRole.GAME_SERVER
+        self.log = self.log.bind(server=message.server)
+        limits = self._host.limits
+        self._bucket = TokenBucket(limits.game_server_rate_per_s, limits.game_server_rate_burst, self._loop.time())
+        self._arm_timer(self._last_active + limits.heartbeat_timeout)
+        self._forward(Registration(self, message))
+
+    async def _history(self, request: GetHistory, replies: list[ServerMessage]) -> None:
+        """Reply to get_history from the store; the read loop waits, so replies keep their order."""
+        assert self.player is not None
+        try:
+            entries = await self._host.load_history(self.player, request.limit)
+        except StoreError:
+            self.log.exception("history_load_failed")
+            error = Error(code="internal", message="the server could not read the match history", rid=request.rid)
+            self._reply(replies, error)
+            return
+        self._reply(replies, history_message(entries, request.rid))
 
     def _forward(self, request: Request) -> None:
         self.inflight += 1
