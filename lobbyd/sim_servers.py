@@ -10,8 +10,8 @@ noise, which orders teams exactly by Plackett-Luce probabilities; ``c`` is
 If ratings work, ``sigma`` shrinks, the correlation of ``mu`` with the hidden skills
 rises, and the spread of ``mu`` grows from zero and levels off. It levels off above the
 hidden spread while sigmas are still large, because the model's scale ``c`` grows with
-sigma: in a 400-player 1v1 run of 20 rounds it was about 1.6 to 2 times the hidden
-spread (measured with this module against a local daemon).
+sigma: in a 400-player 1v1 run of 20 rounds it reached about twice the hidden spread
+(measured with this module against a local daemon).
 """
 
 from __future__ import annotations

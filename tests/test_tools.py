@@ -80,6 +80,14 @@ def test_client_bad_command_keeps_working(daemon: DaemonProcess) -> None:
     assert '< {"type":"queued","queue":"1v1"' in done.stdout
 
 
+def test_client_profile_and_history(daemon: DaemonProcess) -> None:
+    done = run_client(daemon, "--player", "pat", "--until", "history", stdin="profile\nhistory\n")
+
+    assert done.returncode == 0, done.stderr
+    assert '< {"type":"profile","player":"pat","name":"pat","rating":1500' in done.stdout
+    assert '< {"type":"history","matches":[]' in done.stdout
+
+
 def test_client_eof_prints_reply_and_exits(daemon: DaemonProcess) -> None:
     done = run_client(daemon, stdin="join 5v5\n")
 
