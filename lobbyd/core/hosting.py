@@ -73,6 +73,9 @@ class Hosting:
         self.lobby = lobby
         self.settings = settings
         self.pool = GameServerPool(settings.static_servers)
+        # TODO: hosted matches live only in memory. After a restart their players are idle
+        # and their servers' results get unknown_match; keeping them needs the store to
+        # load running matches at start and servers to re-register what they still host.
         self.matches: dict[str, HostedMatch] = {}
         # Ended hosted matches by id: (phase, ended at, server id), so that a late or
         # repeated request of their server gets a precise error. ``forget`` trims it.

@@ -29,7 +29,7 @@ from lobbyd.core.model import (
     QueueRules,
     Ticket,
 )
-from lobbyd.core.ratings import Skill, display_rating
+from lobbyd.core.ratings import Skill, display_rating, win_probability
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
@@ -371,6 +371,10 @@ class Lobby:
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
         teams = split_teams(group, rules.team_count, rules.team_size)
+        odds = {}
+        if len(teams) == 2:
+            first, second = ([t.current_skill for t in team] for team in teams)
+            odds["win_probability"] = round(win_probability(first, second), 3)
         check = ReadyCheck(
             match=match,
             queue=rules.name,
@@ -392,7 +396,7 @@ class Lobby:
             sends.append(fx.Send(player.session, found))
         return [
             fx.OfferMatch(match, tuple(sends)),
-            fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players)}),
+            fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players), **odds}),
         ]
 
     def _start(self, check: ReadyCheck, now: float) -> list[fx.Effect]:

@@ -70,9 +70,9 @@ def sigma_points(skill: Skill) -> float:
 def win_probability(first: Sequence[Skill], second: Sequence[Skill]) -> float:
     """Return the chance that team ``first`` beats team ``second``.
 
-    This is ``PlackettLuce.predict_win`` for two teams, written out so that a team
-    split can try every candidate cheaply: Phi((sum mu_a - sum mu_b) /
-    sqrt(2 beta^2 + sum sigma_a^2 + sum sigma_b^2)).
+    This is ``PlackettLuce.predict_win`` for two teams, written out so that no rating
+    objects are built: Phi((sum mu_a - sum mu_b) / sqrt(2 beta^2 + sum sigma_a^2 +
+    sum sigma_b^2)).
     """
     mu_gap = sum(s.mu for s in first) - sum(s.mu for s in second)
     variance = 2 * MODEL.beta**2 + sum(s.sigma**2 for s in first) + sum(s.sigma**2 for s in second)
