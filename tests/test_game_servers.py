@@ -380,3 +380,40 @@ async def test_without_game_servers_no_server_field(connect: ClientFactory) -> N
 def test_bad_game_server_config(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         make_config(tmp_path, **overrides)
+
+
+# Cleanup.
+
+
+async def test_cleanup_keeps_offline_match_players(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = await start_server(**HOSTED, player_idle_ttl_ms=1)
+    gs, players, match = await running_match(connect)
+    for player in players:
+        await player.close()
+    await asyncio.sleep(0.1)
+
+    server.server.cleanup()
+    assert {"alice", "bob"} <= set(server.server.lobby.players)
+
+    await gs.request("match_result", match=match, winner=0)
+    await gs.recv_type("result_applied")
+    await server.server.persistence.flush()
+    for name in ("alice", "bob"):
+        record = await server.server.store.load_player(name)
+        assert record is not None
+        assert record.games == 1
+
+
+async def test_cleanup_repairs_stale_game_server(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = await start_server(**HOSTED)
+    client = await connect()
+    registered = await client.register("gs1", SERVER_SECRET, GS_ADDRESS, ["1v1"])
+    session = server.server.registry.get(registered["session"])
+    assert session is not None
+
+    # A session that vanished without its Gone would be a bug; cleanup must still repair it.
+    server.server.registry.remove(session)
+    server.server.cleanup()
+
+    assert server.server.lobby.hosting is not None
+    assert "gs1" not in server.server.lobby.hosting.pool.servers

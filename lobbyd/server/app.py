@@ -237,6 +237,10 @@ class Server:
             # Every closed session sends Gone, so this is a bug of ours: repair and say so.
             log.error("stale_session_removed", session=session_id, player=self.lobby.sessions[session_id])
             self.matchmaker.apply(self.lobby.disconnect(session_id, now))
+        servers = self.lobby.hosting.pool.by_session if self.lobby.hosting is not None else {}
+        for session_id in [s for s in servers if self.registry.get(s) is None]:
+            log.error("stale_game_server_removed", session=session_id, server=servers[session_id])
+            self.matchmaker.apply(self.lobby.disconnect(session_id, now))
         dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
         log.info("cleanup_done", dropped=dropped, players=len(self.lobby.players), sessions=len(self.registry))
 
