@@ -371,6 +371,32 @@ def test_server_loss_abandons_running_match() -> None:
     assert _hosting(lobby).counts.abandoned == 1
 
 
+def test_server_loss_logs_its_matches() -> None:
+    lobby = new_lobby()
+    start_match(lobby)
+
+    effects = lobby.disconnect("g-gs1", 20.0)
+
+    (event,) = [e for e in effects if isinstance(e, fx.Event) and e.name == "game_server_lost"]
+    assert event.fields == {"server": "gs1", "matches": ["m1"]}
+
+
+def test_storage_failure_frees_slots() -> None:
+    static = StaticServer("10.1.1.1:7777", capacity=1, queues=frozenset({"duel"}))
+    lobby = new_lobby(HostingSettings(ticket_key=KEY, static_servers=(static,)))
+    play_to_all_accepted(lobby, ["a", "b"])
+
+    assert lobby.abort_start("m1", 2.0) == []
+
+    assert _hosting(lobby).pool.servers["10.1.1.1:7777"].matches == {}
+    registered = new_lobby()
+    start_match(registered)
+    effects = registered.abort_start("m1", 3.0)
+    assert inbox(effects, "g-gs1") == [m.Deallocate(match="m1", reason="storage_failed")]
+    assert registered.players["a"].place is Place.IDLE
+    assert _hosting(registered).pool.servers["gs1"].matches == {}
+
+
 def test_server_loss_while_allocating_requeues() -> None:
     lobby = new_lobby()
     register(lobby, "gs1")

@@ -121,8 +121,9 @@ class Hosting:
         if server is None:
             return []
         self.pool.remove(server)
+        held = sorted(server.matches)
         effects: list[fx.Effect] = []
-        for match in list(server.matches):
+        for match in held:
             hosted = self.matches[match]
             if hosted.phase is MatchPhase.ALLOCATING:
                 self.counts.lost_while_allocating += 1
@@ -130,7 +131,7 @@ class Hosting:
                 effects.extend(self._requeue_hosted(hosted, now, "server_lost"))
             else:
                 effects.extend(self._abandon(hosted, MatchEvent.LOSE_SERVER, "server_lost", now))
-        effects.append(fx.Event("game_server_lost", {"server": server.id, "matches": sorted(server.matches)}))
+        effects.append(fx.Event("game_server_lost", {"server": server.id, "matches": held}))
         return effects
 
     # The match, from the last accept on.
@@ -240,6 +241,9 @@ class Hosting:
         """End a running match that could not be stored, and send its server ``deallocate``."""
         hosted = self.matches.get(match)
         if hosted is None:
+            # A match placed on a static server is not tracked, only its slot.
+            for server in self.pool:
+                server.matches.pop(match, None)
             return []
         hosted.apply(MatchEvent.FAIL_STORAGE)
         self._end(hosted, now)
