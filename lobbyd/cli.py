@@ -69,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     sim.add_argument("--seed", type=int, help="random seed, for a repeatable run")
     sim.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    sim.add_argument(
+        "--game-servers",
+        type=int,
+        default=0,
+        help="also run this many bot game servers that host every match and report results (default 0)",
+    )
+    sim.add_argument(
+        "--rounds", type=int, default=1, help="with --game-servers: rated matches every bot plays (default 1)"
+    )
+    sim.add_argument(
+        "--match-seconds", type=float, default=3.0, help="with --game-servers: how long a match lasts (default 3)"
+    )
+    sim.add_argument(
+        "--game-server-secret-file",
+        type=Path,
+        help="file with the daemon's game_server_secret (default: $LOBBYD_GAME_SERVER_SECRET)",
+    )
     sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser
 

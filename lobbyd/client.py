@@ -103,6 +103,33 @@ class LobbyClient:
             raise ClientError(msg)
         return welcome
 
+    async def register(
+        self,
+        server: str,
+        secret: str,
+        address: str,
+        queues: list[str],
+        capacity: int = 1,
+        region: str = "default",
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        """Register as game server ``server``; return ``registered`` or raise ``ClientError``."""
+        fields: dict[str, Any] = {
+            "v": 1,
+            "server": server,
+            "secret": secret,
+            "address": address,
+            "capacity": capacity,
+            "queues": queues,
+            "region": region,
+        }
+        await self.request("register", **fields)
+        registered = await self.recv(timeout)
+        if registered.get("type") != "registered":
+            msg = f"expected registered after register, got {registered}"
+            raise ClientError(msg)
+        return registered
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):

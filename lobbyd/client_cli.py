@@ -62,6 +62,8 @@ commands, one per line:
   accept [MATCH]   accept; MATCH defaults to the last match_found
   decline [MATCH]  decline; MATCH defaults to the last match_found
   ping             ping
+  profile          get_profile: rating, games and wins
+  history          get_history: the last 10 matches
   {"type": ...}    send this JSON object as it is
   help             show this list
   quit             exit with status 0"""
@@ -86,6 +88,8 @@ COMMANDS: Final = {
     "accept": Command("accept", "match", required=True, usage="accept [MATCH]"),
     "decline": Command("decline", "match", required=True, usage="decline [MATCH]"),
     "ping": Command("ping", None, required=False, usage="ping"),
+    "profile": Command("get_profile", None, required=False, usage="profile"),
+    "history": Command("get_history", None, required=False, usage="history"),
 }
 
 

@@ -16,10 +16,13 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from lobbyd.auth import AuthSettings
+from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings
+from lobbyd.core.game_servers import StaticServer
+from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
+from lobbyd.core.ratings import DEFAULT_ORDINAL_K
 from lobbyd.errors import ConfigError
-from lobbyd.protocol.messages import ID_PATTERN, MAX_ID_LENGTH
+from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH
 
 # 7847 is registered to no common service and is unprivileged.
 DEFAULT_PORT: Final = 7847
@@ -27,6 +30,7 @@ ENV_PREFIX: Final = "LOBBYD_"
 
 Milliseconds = Annotated[int, msgspec.Meta(ge=1, le=86_400_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
+Region = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
 
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -37,6 +41,19 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     window_start: Annotated[float, msgspec.Meta(ge=0)] = 50.0
     window_growth: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     window_max: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    window_uncertainty: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """Extra window per point of the anchor's sigma, in rating points."""
+    region: Region = "default"
+    """Region whose game servers host this queue's matches."""
+
+
+class StaticGameServer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A game server that never connects to lobbyd, listed in the configuration."""
+
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
+    capacity: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+    queues: list[str]
+    region: Region = "default"
 
 
 def _default_queues() -> dict[str, QueueConfig]:
@@ -120,6 +137,33 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     auth_required: bool = False
     """Refuse to start without a key instead of falling back to development mode."""
 
+    # Game servers and ratings. With neither a game-server secret nor static servers,
+    # matches start without a game server, as before game servers existed.
+    game_server_secret: str | None = None
+    """Secret game servers send in register. Prefer game_server_secret_file."""
+
+    game_server_secret_file: str | None = None
+    join_ticket_secret: str | None = None
+    """HMAC key of join tickets, shared with the game servers. Prefer join_ticket_secret_file."""
+
+    join_ticket_secret_file: str | None = None
+    join_ticket_ttl_ms: Milliseconds = 300_000
+    allocate_timeout_ms: Milliseconds = 5_000
+    """Time a registered game server has to acknowledge an allocation."""
+
+    match_timeout_ms: Milliseconds = 7_200_000
+    """Time a hosted match may run before it is abandoned."""
+
+    static_slot_ms: Milliseconds = 1_800_000
+    """Time a match holds a static game server's slot."""
+
+    game_server_rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    game_server_rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 600
+    rating_ordinal_k: Annotated[float, msgspec.Meta(ge=0, le=10)] = DEFAULT_ORDINAL_K
+    """Sigmas subtracted from mu in the displayed and matched rating."""
+
+    static_game_servers: list[StaticGameServer] = msgspec.field(default_factory=list)
+
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
     @property
@@ -131,6 +175,37 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             ready_timeout=self.ready_check_timeout_ms / 1000,
             heartbeat_ms=self.heartbeat_interval_ms,
             max_matches_per_tick=self.max_matches_per_tick,
+            rating_k=self.rating_ordinal_k,
+        )
+
+    @property
+    def hosts_matches(self) -> bool:
+        """True when matches go to game servers: registered ones, static ones or both."""
+        return bool(self.static_game_servers) or self.game_server_key() is not None
+
+    def game_server_key(self) -> bytes | None:
+        """Return the secret game servers register with, or None when registration is off."""
+        return _read_secret("game_server_secret", self.game_server_secret, self.game_server_secret_file)
+
+    def hosting_settings(self) -> HostingSettings | None:
+        """Return the core's game-server settings, or None when matches need no game server."""
+        if not self.hosts_matches:
+            return None
+        key = _read_secret("join_ticket_secret", self.join_ticket_secret, self.join_ticket_secret_file)
+        if key is None:
+            msg = "join_ticket_secret: game servers are configured, so a join ticket key is required"
+            raise ConfigError(msg)
+        static = tuple(
+            StaticServer(entry.address, entry.capacity, frozenset(entry.queues), entry.region)
+            for entry in self.static_game_servers
+        )
+        return HostingSettings(
+            ticket_key=key,
+            allocate_timeout=self.allocate_timeout_ms / 1000,
+            ticket_ttl=self.join_ticket_ttl_ms / 1000,
+            match_timeout=self.match_timeout_ms / 1000,
+            static_servers=static,
+            static_slot=self.static_slot_ms / 1000,
         )
 
     def auth_settings(self) -> AuthSettings:
@@ -153,12 +228,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 window_start=queue.window_start,
                 window_growth=queue.window_growth,
                 window_max=queue.window_max,
+                window_uncertainty=queue.window_uncertainty,
+                region=queue.region,
             )
             for name, queue in self.queues.items()
         }
 
 
-_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name != "queues")
+# Tables and lists come only from the TOML file.
+_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in ("queues", "static_game_servers"))
 _QUEUE_NAME = re.compile(ID_PATTERN)
 
 
@@ -286,3 +364,46 @@ def _check(config: Config, source: str) -> None:
         if queue.window_max < queue.window_start:
             msg = f"{source}:queues.{name}.window_max: {queue.window_max} is below window_start ({queue.window_start})"
             raise ConfigError(msg)
+    _check_static_servers(config, source)
+    try:
+        config.hosting_settings()
+    except ConfigError as exc:
+        msg = f"{source}:{exc}"
+        raise ConfigError(msg) from None
+
+
+def _check_static_servers(config: Config, source: str) -> None:
+    addresses: set[str] = set()
+    for index, entry in enumerate(config.static_game_servers):
+        where = f"{source}:static_game_servers[{index}]"
+        try:
+            parse_listen(entry.address)
+        except ConfigError:
+            msg = f"{where}.address: expected HOST:PORT, got {entry.address!r}"
+            raise ConfigError(msg) from None
+        if entry.address in addresses:
+            msg = f"{where}.address: {entry.address} is listed twice"
+            raise ConfigError(msg)
+        addresses.add(entry.address)
+        unknown = sorted(set(entry.queues) - set(config.queues))
+        if unknown or not entry.queues:
+            msg = f"{where}.queues: expected names of configured queues, got {entry.queues!r}"
+            raise ConfigError(msg)
+
+
+def _read_secret(key: str, value: str | None, path: str | None) -> bytes | None:
+    """Return a secret from its file or its value, checked for length; None when neither is set."""
+    secret = value or None
+    if path:
+        try:
+            secret = Path(path).read_text().strip()
+        except OSError as exc:
+            msg = f"{key}_file: cannot read {path}: {exc.strerror}"
+            raise ConfigError(msg) from None
+    if secret is None:
+        return None
+    encoded = secret.encode()
+    if len(encoded) < MIN_SECRET_BYTES:
+        msg = f"{key}: the secret is {len(encoded)} bytes long; use at least {MIN_SECRET_BYTES} random bytes"
+        raise ConfigError(msg)
+    return encoded

@@ -106,6 +106,47 @@ class ServerFull(RemoteError):
     fatal = True
 
 
+class InMatch(RemoteError):
+    """A request that needs the player free while their match is being allocated or runs."""
+
+    code = "in_match"
+
+
+class WrongRole(RemoteError):
+    """A player sent a game-server request, or a game server a player request."""
+
+    code = "wrong_role"
+
+
+class InvalidSecret(RemoteError):
+    """A register whose secret is wrong, or to a lobby that takes no registrations; the connection closes."""
+
+    code = "invalid_secret"
+    fatal = True
+
+
+class InvalidResult(RemoteError):
+    """A match_result that does not fit its match: no or both of winner and ranks, wrong sizes, unknown players."""
+
+    code = "invalid_result"
+
+
+class AlreadyReported(RemoteError):
+    """A match_result for a match whose result was applied before; nothing changed."""
+
+    code = "already_reported"
+
+
+class MatchOver(RemoteError):
+    """A game-server request for a match that ended without a result, or was never acknowledged."""
+
+    code = "match_over"
+
+
+class UnknownPlayer(RemoteError):
+    code = "unknown_player"
+
+
 # Every error code a client can receive, for protocol.md and the conformance tests.
 # ``internal`` is sent when a request hit a bug of ours; the session stays open.
 ERROR_CODES: tuple[str, ...] = (
@@ -124,5 +165,12 @@ ERROR_CODES: tuple[str, ...] = (
     InvalidToken.code,
     RateLimited.code,
     ServerFull.code,
+    InMatch.code,
+    WrongRole.code,
+    InvalidSecret.code,
+    InvalidResult.code,
+    AlreadyReported.code,
+    MatchOver.code,
+    UnknownPlayer.code,
     "internal",
 )

@@ -21,6 +21,13 @@ not help while the other bots hold their connections.
 The run ends when every bot has started or given up, when the players left in the
 queue are too few for a match, or at ``--timeout``. Exit status: 0 when every player
 started exactly one match, 1 otherwise, 2 for invalid options.
+
+With ``--game-servers N`` the run is a league: N bot game servers (``sim_servers``)
+host every match and report results, and a bot's goal is ``--rounds`` rated matches
+instead of one ``match_start``. After each ``match_ended`` a bot queues again, also
+once it reached its goal, so that the last bots still find opponents. The report then
+adds how the players' ratings converged towards their hidden skills. Exit status 0
+means every bot played its rounds.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import asyncio
 import collections
 import enum
 import math
+import os
 import random
 import secrets
+import statistics
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +51,10 @@ import uvloop
 
 from lobbyd.client import ClientError, LobbyClient
 from lobbyd.config import parse_listen
+from lobbyd.core.ratings import INITIAL_MU, INITIAL_SIGMA
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import PROTOCOL_VERSION
+from lobbyd.sim_servers import ConvergencePoint, League
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -64,6 +75,8 @@ SETTLE_TIME: Final = 0.5
 # Seconds the leftover players must sit in the queue, too few for a match, before the
 # run ends early. Longer than a few matchmaker ticks (200 ms by default).
 STALL_TIME: Final = 3.0
+# Seconds the bot game servers have to register before a league run gives up.
+REGISTER_TIMEOUT: Final = 10.0
 # Progress redraws and end-of-run checks happen this often, in seconds.
 WATCH_INTERVAL: Final = 0.1
 PROGRESS_BAR_WIDTH: Final = 20
@@ -78,7 +91,10 @@ class BotState(enum.Enum):
     IDLE = "idle"
     QUEUED = "queued"
     READY_CHECK = "ready_check"
+    PLAYING = "playing"
+    """In a hosted match, in a league run."""
     STARTED = "started"
+    """Reached the goal: its match_start, or in a league run its rated matches."""
     FAILED = "failed"
 
 
@@ -100,6 +116,15 @@ class SimOptions:
     timeout: float
     seed: int | None
     progress: bool
+    game_servers: int = 0
+    rounds: int = 1
+    match_seconds: float = 3.0
+    game_server_secret: str | None = None
+
+    @property
+    def league(self) -> bool:
+        """True when bot game servers host the matches and bots play rated rounds."""
+        return self.game_servers > 0
 
 
 @dataclass(slots=True)
@@ -117,6 +142,10 @@ class BotResult:
     unexpected_closes: int = 0
     late_responses: int = 0
     """Accepts and declines that reached the server after the check had ended."""
+    rated: int = 0
+    """Results that moved this bot's rating."""
+    rating: tuple[float, float, int] | None = None
+    """The latest mu, sigma and display rating from rating_changed."""
     failure: str | None = None
     """Reason the bot gave up, or None."""
 
@@ -162,6 +191,19 @@ class SimReport:
     matches_per_second: float
     """Matches started per second, from the start of the run to the last match_start."""
     total_seconds: float
+    league: LeagueReport | None = None
+    """With --game-servers: results and rating convergence."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeagueReport:
+    game_servers: int
+    rounds: int
+    results_applied: int
+    game_server_errors: dict[str, int]
+    hidden_skill_sd: float
+    """Standard deviation of the hidden skills, in mu units: where mu_sd should head."""
+    convergence: list[ConvergencePoint]
 
 
 # Command line.
@@ -170,6 +212,10 @@ class SimReport:
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``lobbyd sim`` with parsed arguments and return the exit code."""
     problem = _check_args(args)
+    if problem:
+        print(f"lobbyd sim: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    secret, problem = _game_server_secret(args)
     if problem:
         print(f"lobbyd sim: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,6 +229,10 @@ def run_cli(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         progress=not args.no_progress and sys.stderr.isatty(),
+        game_servers=args.game_servers,
+        rounds=args.rounds,
+        match_seconds=args.match_seconds,
+        game_server_secret=secret,
     )
     try:
         report = uvloop.run(run_sim(options))
@@ -212,7 +262,28 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--connect-rate must be greater than 0, got {args.connect_rate}"
     if args.timeout <= 0:
         return f"--timeout must be greater than 0, got {args.timeout}"
+    if args.game_servers < 0:
+        return f"--game-servers must be 0 or more, got {args.game_servers}"
+    if args.rounds < 1:
+        return f"--rounds must be at least 1, got {args.rounds}"
+    if args.match_seconds < 0:
+        return f"--match-seconds must be 0 or more, got {args.match_seconds}"
     return None
+
+
+def _game_server_secret(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Return (the game-server secret, None), or (None, the problem); no secret without --game-servers."""
+    if args.game_servers == 0:
+        return None, None
+    if args.game_server_secret_file is not None:
+        try:
+            return args.game_server_secret_file.read_text().strip(), None
+        except OSError as exc:
+            return None, f"cannot read --game-server-secret-file {args.game_server_secret_file}: {exc.strerror}"
+    secret = os.environ.get("LOBBYD_GAME_SERVER_SECRET")
+    if not secret:
+        return None, "--game-servers needs the daemon's secret: --game-server-secret-file or LOBBYD_GAME_SERVER_SECRET"
+    return secret, None
 
 
 class SimAborted(Exception):
@@ -285,13 +356,44 @@ class Simulation:
         self.ended = 0.0
         self.last_start_at: float | None = None
         self._stalled_since: float | None = None
+        self.league: League | None = None
+        if options.league:
+            assert options.game_server_secret is not None
+            players = [bot.result.player for bot in self.bots]
+            self.league = League(
+                options.address,
+                self.run_id,
+                options.queue,
+                players,
+                options.game_servers,
+                options.game_server_secret,
+                options.match_seconds,
+                options.seed,
+                self.ratings,
+            )
+
+    def ratings(self) -> dict[str, tuple[float, float, int]]:
+        """Return every bot's latest mu, sigma and display rating; a new player's until rated."""
+        start = (INITIAL_MU, INITIAL_SIGMA, 1500)
+        return {bot.result.player: bot.result.rating or start for bot in self.bots}
 
     async def run(self) -> str | None:
         """Run the bots until the run ends. Return the reason it failed, or None when every bot is done."""
         loop = asyncio.get_running_loop()
         self.began = loop.time()
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(bot.run()) for bot in self.bots]
+            tasks = []
+            if self.league is not None:
+                tasks += self.league.start(group)
+                try:
+                    async with asyncio.timeout(REGISTER_TIMEOUT):
+                        await self.league.wait_registered()
+                except (ClientError, TimeoutError) as exc:
+                    for task in tasks:
+                        task.cancel()
+                    msg = f"the bot game servers could not register: {exc or 'timed out'}"
+                    raise SimAborted(msg) from None
+            tasks += [group.create_task(bot.run()) for bot in self.bots]
             failure = await self._watch()
             if failure is None:
                 await asyncio.sleep(SETTLE_TIME)
@@ -326,6 +428,9 @@ class Simulation:
         done = self.states[BotState.STARTED] + self.states[BotState.FAILED]
         if done == self.options.players:
             return RunEnd(None)
+        if self.league is not None:
+            # Finished bots keep playing, so a league run never stalls for want of players.
+            return RunEnd(self.league.failure) if self.league.failure else None
         return self._check_stall(self.options.players - done)
 
     def _describe_failure(self, cause: str | None) -> str | None:
@@ -444,6 +549,8 @@ class Bot:
             "match_found": self._on_match_found,
             "match_cancelled": self._on_match_cancelled,
             "match_start": self._on_match_start,
+            "match_ended": self._on_match_ended,
+            "rating_changed": self._on_rating_changed,
             "error": self._on_error,
             "kicked": self._on_kicked,
         }
@@ -455,6 +562,8 @@ class Bot:
 
     async def _on_match_found(self, client: LobbyClient, message: dict[str, Any]) -> bool:
         """Accept, decline or drop; return True to drop the connection."""
+        if self.sim.match_size is None and self.sim.league is not None:
+            self.sim.league.expect(self.options.players, self.options.rounds, int(message["players"]))
         self.sim.match_size = int(message["players"])
         match = str(message["match"])
         if self.state is not BotState.STARTED:
@@ -474,6 +583,9 @@ class Bot:
     async def _on_match_cancelled(self, client: LobbyClient, message: dict[str, Any]) -> bool:
         self.sim.cancelled[str(message["match"])] = str(message["reason"])
         if self.state is BotState.STARTED:
+            # A finished league bot stays in play as an opponent for the others.
+            if self.options.league and not message.get("requeued"):
+                await self._requeue(client)
             return False
         if message.get("requeued"):
             self._set_state(BotState.QUEUED)
@@ -489,8 +601,30 @@ class Bot:
         self.sim.last_start_at = now
         if self.result.started_at is None:
             self.result.started_at = now
+        if self.options.league:
+            if self.state is not BotState.STARTED:
+                self._set_state(BotState.PLAYING)
+        elif self.state is not BotState.STARTED:
             self._set_state(BotState.STARTED)
         return False
+
+    async def _on_match_ended(self, client: LobbyClient, message: dict[str, Any]) -> bool:
+        """Queue again: rating_changed, if any, follows and counts the round."""
+        await self._requeue(client)
+        return False
+
+    async def _on_rating_changed(self, client: LobbyClient, message: dict[str, Any]) -> bool:
+        self.result.rated += 1
+        self.result.rating = (float(message["mu"]), float(message["sigma"]), int(message["rating"]))
+        if self.result.rated >= self.options.rounds and self.state not in (BotState.STARTED, BotState.FAILED):
+            self._set_state(BotState.STARTED)
+        return False
+
+    async def _requeue(self, client: LobbyClient) -> None:
+        """Send join_queue; a bot that reached its goal keeps its state while it plays on."""
+        self.join_rid = await client.request("join_queue", queue=self.options.queue)
+        if self.state is not BotState.STARTED:
+            self._set_state(BotState.QUEUED)
 
     async def _on_error(self, client: LobbyClient, message: dict[str, Any]) -> bool:
         rid = message.get("rid")
@@ -577,13 +711,19 @@ def build_report(sim: Simulation, failure: str | None) -> SimReport:
     results = [bot.result for bot in sim.bots]
     counts = collections.Counter(min(len(r.matches), 2) for r in results)
     matched_once, more, never = counts[1], counts[2], counts[0]
-    if failure is None and matched_once != len(results):
+    success = "every player started exactly one match"
+    if sim.league is not None:
+        short = sum(1 for r in results if r.rated < sim.options.rounds)
+        if failure is None and short:
+            failure = f"{short} players played fewer than {sim.options.rounds} rated matches"
+        success = f"every player played {sim.options.rounds} rated matches or more"
+    elif failure is None and matched_once != len(results):
         failure = f"{more} players matched more than once and {never} never"
     matches = len(sim.rating_gaps)
     matching_time = (sim.last_start_at or sim.began) - sim.began
     return SimReport(
         ok=failure is None,
-        result=failure or "every player started exactly one match",
+        result=failure or success,
         run_id=sim.run_id,
         queue=sim.options.queue,
         players=len(results),
@@ -602,6 +742,22 @@ def build_report(sim: Simulation, failure: str | None) -> SimReport:
         rating_gap=distribution([g for g in sim.rating_gaps.values() if g is not None]),
         matches_per_second=round(matches / matching_time, 2) if matching_time > 0 else 0.0,
         total_seconds=round(sim.ended - sim.began, 3),
+        league=_league_report(sim),
+    )
+
+
+def _league_report(sim: Simulation) -> LeagueReport | None:
+    league = sim.league
+    if league is None:
+        return None
+    league.sample()
+    return LeagueReport(
+        game_servers=len(league.servers),
+        rounds=sim.options.rounds,
+        results_applied=league.results,
+        game_server_errors=league.errors(),
+        hidden_skill_sd=round(statistics.pstdev(league.skills.values()), 3),
+        convergence=league.convergence,
     )
 
 
@@ -639,8 +795,33 @@ def format_report(report: SimReport) -> str:
         ("total time", f"{report.total_seconds:.2f} s"),
         ("result", f"{'ok' if report.ok else 'FAILED'}: {report.result}"),
     ]
+    if report.league is not None:
+        rows[-1:-1] = _league_rows(report.league)
     width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    if report.league is not None:
+        lines += ["", *_convergence_table(report.league)]
+    return "\n".join(lines)
+
+
+def _league_rows(league: LeagueReport) -> list[tuple[str, str]]:
+    errors = ", ".join(f"{code} {count}" for code, count in league.game_server_errors.items())
+    return [
+        ("bot game servers", f"{league.game_servers}"),
+        ("results applied", f"{league.results_applied} ({league.rounds} rounds per player)"),
+        ("game server errors", errors or "none"),
+        ("hidden skill sd", f"{league.hidden_skill_sd:g} mu"),
+    ]
+
+
+def _convergence_table(league: LeagueReport) -> list[str]:
+    """Return the convergence samples as a table: sigma falls, mu spread and correlation rise."""
+    lines = ["results  mean sigma  mu sd  rating sd  corr(mu, hidden skill)"]
+    for point in league.convergence:
+        correlation = "-" if point.correlation is None else f"{point.correlation:.3f}"
+        spread = f"{point.mu_sd:>5.2f}  {point.rating_sd:>9.1f}"
+        lines.append(f"{point.results:>7}  {point.mean_sigma:>10.3f}  {spread}  {correlation:>22}")
+    return lines
 
 
 def _format_distribution(dist: Distribution) -> str:

@@ -50,6 +50,29 @@ CLIENT_CASES: list[tuple[dict[str, Any], m.ClientMessage]] = [
     ({"type": "leave_queue", "queue": "5v5", "rid": 4}, m.LeaveQueue(queue="5v5", rid=4)),
     ({"type": "accept", "match": "m-1", "rid": 5}, m.Accept(match="m-1", rid=5)),
     ({"type": "decline", "match": "m-1"}, m.Decline(match="m-1")),
+    ({"type": "get_profile", "rid": 6}, m.GetProfile(rid=6)),
+    ({"type": "get_history"}, m.GetHistory()),
+    ({"type": "get_history", "limit": 100}, m.GetHistory(limit=100)),
+    (
+        {
+            "type": "register",
+            "v": 1,
+            "server": "gs-1",
+            "secret": "s",
+            "address": "[::1]:7777",
+            "capacity": 4,
+            "queues": ["1v1", "5v5"],
+        },
+        m.Register(v=1, server="gs-1", secret="s", address="[::1]:7777", capacity=4, queues=["1v1", "5v5"]),
+    ),
+    ({"type": "allocated", "match": "m-1", "rid": 2}, m.Allocated(match="m-1", rid=2)),
+    ({"type": "allocation_refused", "match": "m-1"}, m.AllocationRefused(match="m-1")),
+    ({"type": "match_result", "match": "m-1", "winner": 1}, m.MatchResult(match="m-1", winner=1)),
+    (
+        {"type": "match_result", "match": "m-1", "ranks": [0, 0, 2], "scores": {"a": 1.5, "b": -3}},
+        m.MatchResult(match="m-1", ranks=[0, 0, 2], scores={"a": 1.5, "b": -3.0}),
+    ),
+    ({"type": "release_player", "match": "m-1", "player": "a"}, m.ReleasePlayer(match="m-1", player="a")),
 ]
 
 SERVER_MESSAGES: list[m.ServerMessage] = [

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from lobbyd.core import join_ticket
 from lobbyd.errors import ERROR_CODES, BadFrame, RemoteError
 from lobbyd.protocol import messages as m
 from lobbyd.protocol.codec import Codec
@@ -94,7 +95,7 @@ def test_error_codes_listed_with_fatality() -> None:
     assert list(listed) == list(ERROR_CODES)
     assert listed[BadFrame.code] is True
     fatal_codes = [code for code, fatal in listed.items() if fatal]
-    assert fatal_codes == [BadFrame.code, "invalid_token", "server_full"]
+    assert fatal_codes == [BadFrame.code, "invalid_token", "server_full", "invalid_secret"]
 
 
 @pytest.mark.parametrize("vector", **by_name(VECTORS["messages"]))
@@ -185,6 +186,19 @@ def test_json_error_vectors_have_text() -> None:
     for vector in ERROR_VECTORS:
         if vector["framing"] == "json":
             assert vector["input_text"].encode() == bytes.fromhex(vector["input_hex"])
+
+
+# Join tickets.
+
+
+@pytest.mark.parametrize("vector", VECTORS["join_tickets"], ids=lambda vector: vector["player"])
+def test_join_ticket_vector_verifies(vector: dict[str, Any]) -> None:
+    key = vector["key"].encode()
+    claims = join_ticket.verify(key, vector["ticket"], vector["expires"] - 1)
+
+    assert (claims.player, claims.match, claims.expires) == (vector["player"], vector["match"], vector["expires"])
+    assert vector["ticket"].startswith(vector["signed_text"] + ":")
+    assert vector["signed_text"] == f"j1:{vector['player']}:{vector['match']}:{vector['expires']}"
 
 
 # protocol.md quotes the vectors; every quoted frame must be one of them.

@@ -25,15 +25,23 @@ from hypothesis.stateful import (
 )
 
 from lobbyd.core import effects as fx
+from lobbyd.core.allocation import MatchPhase
+from lobbyd.core.hosting import Hosting, HostingSettings
+from lobbyd.core.join_ticket import verify
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import LobbySettings, MatchState, Place, PlayerRecord, QueueRules
 from lobbyd.core.ready_check import CheckState
 from lobbyd.errors import (
     AlreadyQueued,
+    AlreadyReported,
+    InMatch,
     InReadyCheck,
+    InvalidResult,
+    MatchOver,
     NotQueued,
     RemoteError,
     UnknownMatch,
+    UnknownPlayer,
     UnknownQueue,
 )
 from lobbyd.protocol import messages as m
@@ -69,7 +77,8 @@ class CheckView:
 def snapshot(lobby: Lobby) -> tuple[Any, ...]:
     """Return a comparable copy of every piece of lobby state a request could change."""
     players = {
-        pid: (p.session, p.place, p.queue, p.match, p.name, p.rating, p.last_seen) for pid, p in lobby.players.items()
+        pid: (p.session, p.place, p.queue, p.match, p.name, p.rating, p.last_seen, p.skill, p.games, p.wins)
+        for pid, p in lobby.players.items()
     }
     queues = {
         name: {pid: (t.queue, t.rating, t.waiting_since, t.seq, t.priority) for pid, t in tickets.items()}
@@ -79,7 +88,15 @@ def snapshot(lobby: Lobby) -> tuple[Any, ...]:
         match: (c.state, frozenset(c.accepted), c.teams, c.deadline, tuple(c.tickets))
         for match, c in lobby.checks.items()
     }
-    return players, queues, checks, dict(lobby.sessions), dict(lobby.finished)
+    hosted: tuple[Any, ...] = ()
+    if lobby.hosting is not None:
+        hosting = lobby.hosting
+        hosted = (
+            {match: (h.phase, frozenset(h.bound), h.deadline) for match, h in hosting.matches.items()},
+            {sid: (s.session, s.capacity, dict(s.matches)) for sid, s in hosting.pool.servers.items()},
+            dict(hosting.ended),
+        )
+    return players, queues, checks, dict(lobby.sessions), dict(lobby.finished), hosted
 
 
 def check_views(lobby: Lobby) -> dict[str, CheckView]:
@@ -99,7 +116,7 @@ def all_sends(effects: Iterable[fx.Effect]) -> list[fx.Send]:
     for effect in effects:
         if isinstance(effect, fx.Send):
             found.append(effect)
-        elif isinstance(effect, fx.OfferMatch | fx.StartMatch):
+        elif isinstance(effect, fx.OfferMatch | fx.StartMatch | fx.FinishMatch):
             found.extend(effect.sends)
     return found
 
@@ -277,6 +294,7 @@ class LobbyMachine(RuleBasedStateMachine):
         session = f"s{next(self.session_ids)}"
         known = self.lobby.players.get(player)
         old = known.session if known else None
+        in_match = known is not None and known.place is Place.IN_MATCH
         before = check_views(self.lobby)
 
         effects = self.lobby.connect(session, self.store[player], player, None, self.now)
@@ -287,7 +305,7 @@ class LobbyMachine(RuleBasedStateMachine):
         self.fresh = []
 
         assert self.lobby.players[player].session == session
-        assert self.lobby.players[player].place is Place.IDLE
+        assert self.lobby.players[player].place is (Place.IN_MATCH if in_match else Place.IDLE)
         if old is not None:
             assert old not in self.live
             assert old not in self.lobby.sessions
@@ -354,6 +372,8 @@ class LobbyMachine(RuleBasedStateMachine):
             expected = AlreadyQueued
         elif player.place is Place.READY_CHECK:
             expected = InReadyCheck
+        elif player.place is Place.IN_MATCH:
+            expected = InMatch
 
         effects = self.request(lambda: self.lobby.join_queue(session, queue, self.now, rid), rid, expected)
         self.fresh = []
@@ -441,11 +461,15 @@ class LobbyMachine(RuleBasedStateMachine):
             return
         self.track(effects, {})
         assert effects[0] == fx.Send(session, m.Accepted(match=match, rid=rid))
+        # The last accept starts the match, asks a game server for it, or finds none.
         starts = [e for e in effects if isinstance(e, fx.StartMatch)]
+        allocations = [s for s in all_sends(effects) if isinstance(s.message, m.Allocate)]
+        no_server = [e for e in effects if isinstance(e, fx.SaveMatch) and e.record.reason == "no_server"]
+        ends = len(starts) + len(allocations) + len(no_server)
         if already:
-            assert starts == []
+            assert ends == 0
         started = match not in self.lobby.checks
-        assert len(starts) == (1 if started else 0)
+        assert ends == (1 if started else 0)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), rid=rids)
@@ -513,20 +537,28 @@ class LobbyMachine(RuleBasedStateMachine):
     @rule(player_ttl=st.sampled_from([0.0, 5.0, 60.0]))
     def forget(self, player_ttl: float) -> None:
         online = {pid for pid, p in self.lobby.players.items() if p.session is not None}
-        count = len(self.lobby.players) + len(self.lobby.finished)
+        count = self.remembered()
 
         dropped = self.lobby.forget(self.now, player_ttl)
-        assert dropped == count - len(self.lobby.players) - len(self.lobby.finished)
+        assert dropped == count - self.remembered()
         assert online <= set(self.lobby.players)
         for _, finished_at, _ in self.lobby.finished.values():
             assert finished_at >= self.now - FINISHED_TTL
+        # Players of a hosted match stay, because its result may still rate them.
+        rostered = self.lobby.hosting.rostered() if self.lobby.hosting is not None else set()
         for p in self.lobby.players.values():
-            assert p.session is not None or p.last_seen >= self.now - player_ttl
+            assert p.session is not None or p.last_seen >= self.now - player_ttl or p.id in rostered
+
+    def remembered(self) -> int:
+        """Return how many records ``forget`` could drop."""
+        ended = len(self.lobby.hosting.ended) if self.lobby.hosting is not None else 0
+        return len(self.lobby.players) + len(self.lobby.finished) + ended
 
     # Invariants.
 
     @invariant()
     def places_match_records(self) -> None:
+        hosted = self.lobby.hosting.matches if self.lobby.hosting is not None else {}
         for pid, player in self.lobby.players.items():
             if player.place is Place.IDLE:
                 assert player.queue is None
@@ -535,13 +567,19 @@ class LobbyMachine(RuleBasedStateMachine):
                 assert player.match is None
                 assert player.queue in self.lobby.queues
                 assert pid in self.lobby.queues[player.queue]
+            elif player.place is Place.IN_MATCH:
+                assert player.queue is None
+                assert player.match in hosted
+                assert pid in hosted[player.match].bound
             else:
                 assert player.queue is None
                 assert player.match in self.lobby.checks
                 assert pid in self.lobby.checks[player.match].tickets
+            # One player in one place: a queue, a ready check, or a hosted match.
             queued_in = [name for name, tickets in self.lobby.queues.items() if pid in tickets]
             checked_in = [match for match, check in self.lobby.checks.items() if pid in check.tickets]
-            assert len(queued_in) + len(checked_in) == (0 if player.place is Place.IDLE else 1)
+            playing_in = [match for match, match_state in hosted.items() if pid in match_state.bound]
+            assert len(queued_in) + len(checked_in) + len(playing_in) == (0 if player.place is Place.IDLE else 1)
 
     @invariant()
     def tickets_belong_to_queued_players(self) -> None:
@@ -602,3 +640,334 @@ LobbyMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLobbyInvariants = LobbyMachine.TestCase
+
+
+# The same machine with game servers: matches are allocated, run, report and end.
+
+SERVER_IDS = ("gs1", "gs2")
+TICKET_KEY = b"k" * 32
+HOSTING = HostingSettings(ticket_key=TICKET_KEY, allocate_timeout=5.0, ticket_ttl=60.0, match_timeout=300.0)
+# Reasons a hosted match is saved with when it ends without a result.
+REQUEUE_REASONS = ("no_server", "allocation_failed")
+ABANDON_REASONS = ("server_lost", "timed_out")
+
+
+class HostedLobbyMachine(LobbyMachine):
+    """``LobbyMachine`` plus registered game servers, as the server drives them.
+
+    Besides the lobby's rules it registers and loses servers, and sends their
+    requests (valid ones and ones the lobby must reject): acknowledge, refuse,
+    report a result and release a player. Its model tracks each hosted match from
+    allocation to its end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        counter = itertools.count(1)
+        self.lobby = Lobby(QUEUES, SETTINGS, lambda: f"m{next(counter)}", HOSTING)
+        self.server_ids = itertools.count(1)
+        self.servers: dict[str, str] = {}
+        self.allocating: dict[str, frozenset[str]] = {}
+        self.running: dict[str, frozenset[str]] = {}
+
+    @property
+    def hosting(self) -> Hosting:
+        assert self.lobby.hosting is not None
+        return self.lobby.hosting
+
+    # Following effects.
+
+    def track(
+        self,
+        effects: list[fx.Effect],
+        before: dict[str, CheckView],
+        culprit: str | None = None,
+        lost: frozenset[str] = frozenset(),
+    ) -> None:
+        """Follow hosted matches through ``effects``; hand the rest to the lobby's tracking."""
+        rest: list[fx.Effect] = []
+        for effect in effects:
+            if not self.track_hosted(effect):
+                rest.append(effect)
+        super().track(rest, before, culprit, lost)
+
+    def track_hosted(self, effect: fx.Effect) -> bool:
+        """Check and follow one effect of a hosted match; return False when it is not one."""
+        if isinstance(effect, fx.Send):
+            return self.track_hosted_send(effect)
+        if isinstance(effect, fx.Close) and effect.session not in self.live:
+            # A game server registered again under the same id: its old session goes.
+            assert effect.reason == "logged_in_elsewhere"
+            return True
+        if isinstance(effect, fx.StartMatch):
+            self.track_acknowledged(effect)
+            return True
+        if isinstance(effect, fx.FinishMatch):
+            self.track_finished(effect)
+            return True
+        if isinstance(effect, fx.SaveMatch) and effect.record.reason in REQUEUE_REASONS:
+            self.track_requeued(effect.record.id, effect.record.reason)
+            return True
+        if isinstance(effect, fx.SaveMatch) and effect.record.reason in ABANDON_REASONS:
+            assert effect.record.state is MatchState.ABANDONED
+            del self.running[effect.record.id]
+            self.outcomes[effect.record.id] = "abandoned"
+            return True
+        return False
+
+    def track_hosted_send(self, send: fx.Send) -> bool:
+        message = send.message
+        if isinstance(message, m.Allocate):
+            players = self.pending.pop(message.match)
+            self.allocating[message.match] = players
+            assert send.session in self.servers.values()
+            for entry in message.players:
+                assert verify(TICKET_KEY, entry.ticket, self.now).match == message.match
+                assert self.lobby.players[entry.player].place is Place.IN_MATCH
+            return True
+        if isinstance(message, m.MatchCancelled) and message.reason in REQUEUE_REASONS:
+            assert message.requeued is True
+            return True
+        return isinstance(message, m.MatchEnded | m.RatingChanged | m.Deallocate | m.Registered)
+
+    def track_requeued(self, match: str, reason: str) -> None:
+        """Check that a match that got no server sent its connected players back with priority."""
+        players = self.pending.pop(match, None) if reason == "no_server" else self.allocating.pop(match)
+        assert players is not None
+        self.outcomes[match] = "cancelled"
+        for pid in players:
+            player = self.lobby.players[pid]
+            if player.session is None:
+                assert player.place is Place.IDLE
+                continue
+            # A later tick in the same step may already have matched the player again.
+            tickets = [queue[pid] for queue in self.lobby.queues.values() if pid in queue]
+            assert player.place is not Place.IDLE
+            assert all(ticket.priority for ticket in tickets)
+
+    def track_acknowledged(self, start: fx.StartMatch) -> None:
+        match = start.record.id
+        players = self.allocating.pop(match)
+        self.running[match] = players
+        assert start.record.server is not None
+        for send in start.sends:
+            assert isinstance(send.message, m.MatchStart)
+            assert send.message.server == start.record.server
+            assert send.message.ticket is not None
+            player = self.live[send.session]
+            assert verify(TICKET_KEY, send.message.ticket, self.now).player == player
+            assert self.lobby.players[player].place is Place.IN_MATCH
+
+    def track_finished(self, finish: fx.FinishMatch) -> None:
+        match = finish.record.id
+        players = self.running.pop(match)
+        self.outcomes[match] = "finished"
+        assert finish.record.state is MatchState.FINISHED
+        assert {record.id for record in finish.players} == players
+        for record in finish.players:
+            assert record.mu is not None
+            assert self.lobby.players[record.id].games == record.games
+
+    def expected_hosted_error(self, server: str, match: str) -> type[RemoteError] | None:
+        """Return the error a request of ``server`` about ``match`` must get, None if none."""
+        hosted = self.hosting.matches.get(match)
+        if hosted is not None and hosted.server == server:
+            return None
+        ended = self.hosting.ended.get(match)
+        if ended is not None and ended[2] == server:
+            return AlreadyReported if ended[0] is MatchPhase.FINISHED else MatchOver
+        return UnknownMatch
+
+    def draw_server(self, data: st.DataObject) -> tuple[str, str]:
+        server = data.draw(st.sampled_from(sorted(self.servers)), label="server")
+        return server, self.servers[server]
+
+    def draw_hosted_match(self, data: st.DataObject, server: str) -> str:
+        """Draw, three times in four, a live match of ``server``; else any match id at all."""
+        own = sorted(match for match, hosted in self.hosting.matches.items() if hosted.server == server)
+        if own and data.draw(st.integers(0, 3), label="prefer") > 0:
+            return data.draw(st.sampled_from(own), label="match")
+        choices = sorted({*self.hosting.matches, *self.hosting.ended, *self.outcomes, "m-unknown"})
+        return data.draw(st.sampled_from(choices), label="match")
+
+    @initialize()
+    def register_first_server(self) -> None:
+        self.register_server("gs1", 2, ("duel", "squad", "ffa"))
+
+    @precondition(lambda self: self.lobby.checks)
+    @rule(data=st.data())
+    def accept_everyone(self, data: st.DataObject) -> None:
+        """Accept one ready check from all its players, so that allocations are common."""
+        match = data.draw(st.sampled_from(sorted(self.lobby.checks)), label="match")
+        for pid in self.lobby.checks[match].players:
+            session = self.lobby.players[pid].session
+            assert session is not None
+            self.accept_as(session, match, None)
+
+    @rule()
+    def play_duel(self) -> None:
+        """Queue two idle players for a duel, form the match and accept it from both."""
+        idle = sorted(s for s, pid in self.live.items() if self.lobby.players[pid].place is Place.IDLE)
+        for session in idle[:2]:
+            self.join_as(session, "duel", None)
+        self.tick(0.0)
+        for match in sorted(self.lobby.checks):
+            for pid in self.lobby.checks[match].players if match in self.lobby.checks else ():
+                session = self.lobby.players[pid].session
+                assert session is not None
+                self.accept_as(session, match, None)
+
+    # Game servers.
+
+    @rule(
+        server=st.sampled_from(SERVER_IDS),
+        capacity=st.integers(1, 2),
+        queues=st.sampled_from([("duel",), ("duel", "squad", "ffa"), ("duel", "ranked")]),
+    )
+    def register_server(self, server: str, capacity: int, queues: tuple[str, ...]) -> None:
+        """Register a game server; a second one under the same id replaces the first."""
+        session = f"g{next(self.server_ids)}"
+        address = f"{server}:7777"
+        message = m.Register(v=1, server=server, secret="s", address=address, capacity=capacity, queues=list(queues))
+        expected = UnknownQueue if "ranked" in queues else None
+        before = check_views(self.lobby)
+
+        effects = self.request(lambda: self.hosting.register(session, message, self.now), None, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        old = self.servers.get(server)
+        if old is not None:
+            assert fx.Close(old, "logged_in_elsewhere") in effects
+        self.servers[server] = session
+        self.track(effects, before)
+        assert self.hosting.pool.servers[server].session == session
+
+    @precondition(lambda self: self.servers)
+    @rule(data=st.data())
+    def lose_server(self, data: st.DataObject) -> None:
+        server, session = self.draw_server(data)
+        del self.servers[server]
+        held = set(self.hosting.pool.servers[server].matches)
+
+        effects = self.lobby.disconnect(session, self.now)
+        self.fresh = []
+        self.track(effects, {})
+        assert server not in self.hosting.pool.servers
+        assert not held & set(self.hosting.matches)
+
+    @precondition(lambda self: self.servers)
+    @rule(data=st.data(), rid=rids)
+    def acknowledge(self, data: st.DataObject, rid: int | None) -> None:
+        server, session = self.draw_server(data)
+        match = self.draw_hosted_match(data, server)
+        expected = self.expected_hosted_error(server, match)
+        repeat = expected is None and self.hosting.matches[match].phase is MatchPhase.RUNNING
+
+        effects = self.request(lambda: self.hosting.acknowledge(session, match, self.now, rid), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        if repeat:
+            assert effects == []
+            return
+        self.track(effects, {})
+        assert match in self.running
+
+    @precondition(lambda self: self.servers)
+    @rule(data=st.data(), rid=rids)
+    def refuse(self, data: st.DataObject, rid: int | None) -> None:
+        server, session = self.draw_server(data)
+        match = self.draw_hosted_match(data, server)
+        expected = self.expected_hosted_error(server, match)
+        if expected is None and self.hosting.matches[match].phase is MatchPhase.RUNNING:
+            expected = MatchOver
+
+        effects = self.request(lambda: self.hosting.refuse(session, match, "busy", self.now, rid), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        self.track(effects, {})
+        assert self.outcomes[match] == "cancelled"
+
+    @precondition(lambda self: self.servers)
+    @rule(data=st.data(), winner=st.integers(0, 3), rid=rids)
+    def report(self, data: st.DataObject, winner: int, rid: int | None) -> None:
+        server, session = self.draw_server(data)
+        match = self.draw_hosted_match(data, server)
+        expected = self.expected_hosted_error(server, match)
+        if expected is None:
+            hosted = self.hosting.matches[match]
+            if hosted.phase is MatchPhase.ALLOCATING:
+                expected = MatchOver
+            elif winner >= len(hosted.record.teams):
+                expected = InvalidResult
+        games = {pid: p.games for pid, p in self.lobby.players.items()}
+        result = m.MatchResult(match=match, winner=winner, rid=rid)
+
+        effects = self.request(lambda: self.hosting.report(session, result, self.now), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        self.track(effects, {})
+        assert self.outcomes[match] == "finished"
+        assert fx.Send(session, m.ResultApplied(match=match, rid=rid)) in all_sends(effects)
+        (finish,) = [e for e in effects if isinstance(e, fx.FinishMatch)]
+        for record in finish.players:
+            assert self.lobby.players[record.id].games == games[record.id] + 1
+
+    @precondition(lambda self: self.servers)
+    @rule(data=st.data(), rid=rids)
+    def release(self, data: st.DataObject, rid: int | None) -> None:
+        server, session = self.draw_server(data)
+        match = self.draw_hosted_match(data, server)
+        hosted = self.hosting.matches.get(match)
+        own = sorted(p for team in hosted.record.teams for p in team) if hosted is not None else []
+        player = data.draw(st.sampled_from(own + own + list(PLAYERS)), label="player")
+        expected = self.expected_hosted_error(server, match)
+        if expected is None:
+            hosted = self.hosting.matches[match]
+            if hosted.phase is MatchPhase.ALLOCATING:
+                expected = MatchOver
+            elif not any(player in team for team in hosted.record.teams):
+                expected = UnknownPlayer
+
+        effects = self.request(lambda: self.hosting.release(session, match, player, self.now, rid), rid, expected)
+        self.fresh = []
+        if effects is None:
+            return
+        self.track(effects, {})
+        assert fx.Send(session, m.PlayerReleased(match=match, player=player, rid=rid)) in effects
+        assert player not in self.hosting.matches[match].bound
+        assert self.lobby.players[player].place is not Place.IN_MATCH
+
+    # Invariants.
+
+    @invariant()
+    def hosted_matches_agree(self) -> None:
+        assert set(self.allocating) | set(self.running) == set(self.hosting.matches)
+        for match, hosted in self.hosting.matches.items():
+            expected_phase = MatchPhase.ALLOCATING if match in self.allocating else MatchPhase.RUNNING
+            assert hosted.phase is expected_phase
+            assert hosted.bound <= {p for team in hosted.record.teams for p in team}
+            if hosted.phase is MatchPhase.ALLOCATING:
+                assert hosted.bound == self.allocating[match]
+            server = self.hosting.pool.servers[hosted.server]
+            assert server.session == hosted.session
+            assert match in server.matches
+
+    @invariant()
+    def servers_within_capacity(self) -> None:
+        assert set(self.hosting.pool.by_session) == set(self.servers.values())
+        for server in self.hosting.pool:
+            assert len(server.matches) <= server.capacity
+            assert set(server.matches) <= set(self.hosting.matches)
+
+
+HostedLobbyMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestHostedLobbyInvariants = HostedLobbyMachine.TestCase

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lobbyd.core.model import MatchRecord, MatchState, PlayerRecord
+from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
-from lobbyd.store.sqlite import SCHEMA_VERSION, SqliteStore
+from lobbyd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 ALICE = PlayerRecord(
     id="p-alice",
@@ -52,6 +52,32 @@ CANCELLED = MatchRecord(
     ended_at=1_700_000_210.0,
     reason="declined",
     waits=(4.0, 9.5),
+)
+CAROL_RATED = PlayerRecord("p-carol", "Carol", 1612, 5.0, 9.0, mu=28.25, sigma=4.5, games=12, wins=7)
+FINISHED = MatchRecord(
+    id="m-3",
+    queue="duel-2v2",
+    teams=(("p-alice", "p-carol"), ("p-bob", "p-dave")),
+    ratings=((1523, 1490), (1501, 1777)),
+    state=MatchState.FINISHED,
+    created_at=1_700_000_300.0,
+    ended_at=1_700_000_900.5,
+    waits=(1.0, 2.0, 3.0, 4.0),
+    server="10.0.0.7:7777",
+    ranks=(1, 0),
+    scores=((3.0, None), (10.5, 0.0)),
+    ratings_after=((1500, 1470), (1530, 1790)),
+)
+ABANDONED = MatchRecord(
+    id="m-4",
+    queue="duel-1v1",
+    teams=(("p-alice",), ("p-dave",)),
+    ratings=((1500,), (1790,)),
+    state=MatchState.ABANDONED,
+    created_at=1_700_000_950.0,
+    ended_at=1_700_001_000.0,
+    reason="server_lost",
+    server="10.0.0.7:7777",
 )
 
 
@@ -97,7 +123,9 @@ async def test_player_round_trips(store: Store) -> None:
     assert await store.load_player(BOB.id) == BOB
 
 
-@pytest.mark.parametrize("match", [STARTED, CANCELLED], ids=["started", "cancelled"])
+@pytest.mark.parametrize(
+    "match", [STARTED, CANCELLED, FINISHED, ABANDONED], ids=["started", "cancelled", "finished", "abandoned"]
+)
 async def test_match_round_trips(store: Store, match: MatchRecord) -> None:
     await store.save([], [match])
 
@@ -110,6 +138,68 @@ async def test_match_round_trips(store: Store, match: MatchRecord) -> None:
     assert isinstance(loaded.ratings[0], tuple)
     assert isinstance(loaded.waits, tuple)
     assert loaded.state is match.state
+
+
+async def test_rated_player_round_trips(store: Store) -> None:
+    await store.save([CAROL_RATED], [])
+
+    assert await store.load_player(CAROL_RATED.id) == CAROL_RATED
+
+
+async def test_history_newest_first(store: Store) -> None:
+    await store.save([], [STARTED, CANCELLED, FINISHED, ABANDONED])
+
+    history = await store.load_history("p-alice", 10)
+
+    assert [entry.match for entry in history] == ["m-4", "m-3", "m-1"]
+    assert history[1] == HistoryEntry(
+        match="m-3",
+        queue="duel-2v2",
+        state=MatchState.FINISHED,
+        reason=None,
+        team=0,
+        rank=1,
+        score=3.0,
+        rating_before=1523,
+        rating_after=1500,
+        created_at=1_700_000_300.0,
+        ended_at=1_700_000_900.5,
+    )
+    assert history[0].reason == "server_lost"
+    assert history[0].rank is None
+    assert history[2].rating_after is None
+
+
+async def test_history_limit_and_other_players(store: Store) -> None:
+    await store.save([], [STARTED, FINISHED, ABANDONED])
+
+    assert [entry.match for entry in await store.load_history("p-alice", 1)] == ["m-4"]
+    dave = await store.load_history("p-dave", 10)
+    assert [(entry.match, entry.team, entry.rank, entry.score) for entry in dave] == [
+        ("m-4", 1, None, None),
+        ("m-3", 1, 0, 0.0),
+        ("m-1", 1, None, None),
+    ]
+    assert await store.load_history("p-nobody", 10) == []
+
+
+async def test_history_follows_result(store: Store) -> None:
+    running = MatchRecord(
+        id=FINISHED.id,
+        queue=FINISHED.queue,
+        teams=FINISHED.teams,
+        ratings=FINISHED.ratings,
+        state=MatchState.STARTED,
+        created_at=FINISHED.created_at,
+        ended_at=FINISHED.created_at,
+        server=FINISHED.server,
+    )
+    await store.save([], [running])
+    await store.save([], [FINISHED])
+
+    (entry,) = await store.load_history("p-carol", 10)
+    assert entry.state is MatchState.FINISHED
+    assert entry.rating_after == 1470
 
 
 async def test_later_save_replaces_player(store: Store) -> None:
@@ -314,3 +404,33 @@ async def test_load_players_many_ids(store: Store) -> None:
     found = await store.load_players(wanted)
     assert sorted(found) == sorted(f"p{i}" for i in range(0, 1200, 3))
     assert found["p999"].rating == 1999
+def create_version_1(path: pathlib.Path) -> None:
+    """Write a database as schema version 1 left it: one player and one started match."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for statement in MIGRATIONS[1]:
+            connection.execute(statement)
+        connection.execute("INSERT INTO players VALUES ('p-old', 'Old', 1500, 1.0, 2.0)")
+        connection.execute(
+            "INSERT INTO matches VALUES ('m-old', '1v1', '[[\"p-old\"],[\"p-x\"]]', '[[1500],[1510]]',"
+            " '[1.0,2.0]', 'started', 3.0, 4.0, NULL)"
+        )
+        connection.execute("PRAGMA user_version = 1")
+        connection.commit()
+
+
+async def test_sqlite_migrates_version_1(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "lobbyd.db"
+    create_version_1(path)
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        player = await store.load_player("p-old")
+        history = await store.load_history("p-x", 10)
+    finally:
+        await store.close()
+
+    assert read_pragma(path, "user_version") == SCHEMA_VERSION
+    assert player == PlayerRecord("p-old", "Old", 1500, 1.0, 2.0)
+    assert history == [
+        HistoryEntry("m-old", "1v1", MatchState.STARTED, None, 1, None, None, 1510, None, 3.0, 4.0)
+    ]

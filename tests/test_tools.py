@@ -80,6 +80,14 @@ def test_client_bad_command_keeps_working(daemon: DaemonProcess) -> None:
     assert '< {"type":"queued","queue":"1v1"' in done.stdout
 
 
+def test_client_profile_and_history(daemon: DaemonProcess) -> None:
+    done = run_client(daemon, "--player", "pat", "--until", "history", stdin="profile\nhistory\n")
+
+    assert done.returncode == 0, done.stderr
+    assert '< {"type":"profile","player":"pat","name":"pat","rating":1500' in done.stdout
+    assert '< {"type":"history","matches":[]' in done.stdout
+
+
 def test_client_eof_prints_reply_and_exits(daemon: DaemonProcess) -> None:
     done = run_client(daemon, stdin="join 5v5\n")
 
@@ -163,3 +171,44 @@ def test_sim_declines_still_match_everyone(daemon: DaemonProcess, tmp_path: Path
     assert report["declines_injected"] > 0
     assert report["cancelled_by_reason"].get("declined", 0) > 0
     assert report["server_errors"] == {}
+
+
+LEAGUE_SECRET = "g" * 40
+
+
+@pytest.fixture
+def league_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    env = {**FAST_TICK, "LOBBYD_GAME_SERVER_SECRET": LEAGUE_SECRET, "LOBBYD_JOIN_TICKET_SECRET": "j" * 40}
+    with running_daemon(tmp_path / "data", env=env) as process:
+        yield process
+    assert process.exit_code == 0, process.output()
+
+
+def test_sim_league_rates_players(league_daemon: DaemonProcess, tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(LEAGUE_SECRET)
+    options = ["--players", "20", "--queue", "1v1", "--game-servers", "2", "--rounds", "3"]
+    league = [*options, "--match-seconds", "0.05", "--game-server-secret-file", str(secret_file), "--seed", "5"]
+
+    done, report = run_sim(league_daemon, tmp_path / "report.json", *league)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["ok"] is True
+    assert report["league"]["results_applied"] >= 30
+    assert report["league"]["game_server_errors"] == {}
+    first, last = report["league"]["convergence"][0], report["league"]["convergence"][-1]
+    assert last["results"] > first["results"]
+    assert last["mean_sigma"] < first["mean_sigma"]
+    assert last["mu_sd"] > 0
+    assert "corr(mu, hidden skill)" in done.stdout
+    finished = [event for event in league_daemon.log_events() if event.get("event") == "match_finished"]
+    assert len(finished) == report["league"]["results_applied"]
+
+
+def test_sim_league_needs_secret(league_daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOBBYD_GAME_SERVER_SECRET", raising=False)
+
+    done = run_tool("sim", "--connect", league_daemon.address, "--game-servers", "1", "--no-progress")
+
+    assert done.returncode == 2
+    assert "LOBBYD_GAME_SERVER_SECRET" in done.stderr

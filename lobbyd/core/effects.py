@@ -51,6 +51,19 @@ class StartMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishMatch:
+    """Commit ``record`` and the rated ``players`` to storage, then send ``sends``.
+
+    The sends go out even if the commit fails: the result is already applied in
+    memory, and the records stay dirty for the flusher to retry.
+    """
+
+    record: MatchRecord
+    players: tuple[PlayerRecord, ...]
+    sends: tuple[Send, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SavePlayer:
     record: PlayerRecord
 
@@ -70,4 +83,4 @@ class Event:
     fields: Mapping[str, object]
 
 
-Effect = Send | Close | OfferMatch | StartMatch | SavePlayer | SaveMatch | Event
+Effect = Send | Close | OfferMatch | StartMatch | FinishMatch | SavePlayer | SaveMatch | Event

@@ -5,9 +5,9 @@ raises a ``RemoteError`` before touching anything, so a rejected request changes
 nothing; otherwise it changes state and returns the effects for the server to carry
 out, in order. ``now`` is passed in on every call.
 
-A player is always in exactly one ``Place``: idle, in one queue, or in one ready
-check. A started match releases its players at once, because v1 has no game-server
-phase to wait for.
+A player is always in exactly one ``Place``: idle, in one queue, in one ready check,
+or in one hosted match. Without game servers, a started match releases its players at
+once; with them, ``Hosting`` holds the players until the match ends.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 
 from lobbyd.core import effects as fx
+from lobbyd.core.hosting import Hosting, HostingSettings
 from lobbyd.core.matchmaker import take_groups
 from lobbyd.core.model import (
     DEFAULT_RATING,
@@ -29,10 +30,12 @@ from lobbyd.core.model import (
     Ticket,
 )
 from lobbyd.core.pool import TicketPool
+from lobbyd.core.ratings import Skill, display_rating, win_probability
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
     AlreadyQueued,
+    InMatch,
     InReadyCheck,
     NotQueued,
     UnknownMatch,
@@ -49,6 +52,7 @@ class Lobby:
         queues: Mapping[str, QueueRules],
         settings: LobbySettings,
         new_match_id: Callable[[], str],
+        hosting: HostingSettings | None = None,
     ) -> None:
         self.rules = dict(queues)
         self.settings = settings
@@ -58,13 +62,14 @@ class Lobby:
         self.queues: dict[str, TicketPool] = {name: TicketPool() for name in queues}
         self.checks: dict[str, ReadyCheck] = {}
         # Finished ready checks by match id: (state, finished at, players of a started
-        # match), so that a late accept or decline gets a precise answer.
-        # accept or decline gets a precise error. ``forget`` trims it.
+        # match), so that a late accept or decline gets a precise answer. ``forget``
+        # trims it.
         self.finished: dict[str, tuple[CheckState, float, frozenset[str]]] = {}
         self._seq = itertools.count()
         # True when the last tick stopped at max_matches_per_tick and may have left
         # matches to form; the server then ticks again without waiting an interval.
         self.more_to_match = False
+        self.hosting = Hosting(self, hosting) if hosting is not None else None
 
     # Sessions.
 
@@ -86,7 +91,8 @@ class Lobby:
 
         ``record`` is what the store holds for the player, or ``None`` for a new one.
         The kicked session's queue place or ready check ends as a disconnect would end
-        it, so the new session always starts idle.
+        it, so the new session starts idle, unless the player is in a hosted match: then
+        it stays there, and gets the match's ``match_start`` again once it is running.
         """
         effects: list[fx.Effect] = []
         player = self.players.get(player_id)
@@ -114,12 +120,19 @@ class Lobby:
             rid=rid,
         )
         effects.append(fx.Send(session, welcome))
+        if player.place is Place.IN_MATCH and self.hosting is not None:
+            effects.extend(self.hosting.rejoin(player, session, now))
         effects.append(fx.SavePlayer(player.record()))
         effects.append(fx.Event("player_connected", {"player": player_id, "session": session}))
         return effects
 
     def disconnect(self, session: str, now: float) -> list[fx.Effect]:
-        """Unbind ``session``: its ticket is removed and its ready check cancelled."""
+        """Unbind ``session``: its ticket is removed and its ready check cancelled.
+
+        A player in a hosted match stays in it. A game server's session ends its matches.
+        """
+        if self.hosting is not None and session in self.hosting.pool.by_session:
+            return self.hosting.server_lost(session, now)
         player_id = self.sessions.pop(session, None)
         if player_id is None:
             return []
@@ -154,8 +167,11 @@ class Lobby:
         if player.place is Place.READY_CHECK:
             msg = f"player {player.id!r} is in the ready check of match {player.match!r}; accept or decline it first"
             raise InReadyCheck(msg, rid=rid)
+        if player.place is Place.IN_MATCH:
+            msg = f"player {player.id!r} is in match {player.match!r} until it ends or its game server releases them"
+            raise InMatch(msg, rid=rid)
 
-        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq))
+        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq), skill=player.current_skill)
         self._add_ticket(player, ticket)
         return [
             fx.Send(session, m.Queued(queue=queue, rid=rid)),
@@ -222,16 +238,40 @@ class Lobby:
             return self._expire_late(check, session, now, rid)
         return self._cancel(check, CheckEvent.DECLINE, player.id, now, rid=rid)
 
-    def abort_start(self, match: str, now: float) -> None:
+    def abort_start(self, match: str, now: float) -> list[fx.Effect]:
         """Record that a started match could not be stored and so was never announced."""
         if match in self.finished:
             self.finished[match] = (CheckState.CANCELLED, now, frozenset())
+        if self.hosting is not None:
+            return self.hosting.abort(match, now)
+        return []
+
+    def profile(self, session: str, rid: int | None = None) -> list[fx.Effect]:
+        """Send the session's player their rating, skill and match counts."""
+        player = self._player_of(session)
+        skill = player.current_skill
+        profile = m.Profile(
+            player=player.id,
+            name=player.name,
+            rating=player.rating,
+            mu=skill.mu,
+            sigma=skill.sigma,
+            games=player.games,
+            wins=player.wins,
+            rid=rid,
+        )
+        return [fx.Send(session, profile)]
+
+    def requeue(self, player: Player, ticket: Ticket) -> None:
+        """Put ``player`` back in the queue ahead of newer tickets, keeping their wait."""
+        ticket.priority = True
+        self._add_ticket(player, ticket)
 
     # Time.
 
     def tick(self, now: float) -> list[fx.Effect]:
         """Expire overdue ready checks, then form new matches in every queue."""
-        effects: list[fx.Effect] = []
+        effects: list[fx.Effect] = self.hosting.tick(now) if self.hosting is not None else []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
         budget = self.settings.max_matches_per_tick
@@ -270,15 +310,18 @@ class Lobby:
         """Drop finished ready checks past their TTL and offline players idle past ``player_ttl``.
 
         Returns how many records were dropped. The store still holds every player,
-        so a forgotten player who returns is loaded again.
+        so a forgotten player who returns is loaded again. Players of a hosted match
+        stay, because its result may still rate them.
         """
-        dropped = 0
+        dropped = self.hosting.forget(now) if self.hosting is not None else 0
+        keep = self.hosting.rostered() if self.hosting is not None else set()
         cutoff = now - self.settings.finished_ttl
         for match in [k for k, (_, at, _) in self.finished.items() if at < cutoff]:
             del self.finished[match]
             dropped += 1
         idle_cutoff = now - player_ttl
-        for player in [p for p in self.players.values() if p.session is None and p.last_seen < idle_cutoff]:
+        idle = [p for p in self.players.values() if p.session is None and p.last_seen < idle_cutoff]
+        for player in [p for p in idle if p.place is Place.IDLE and p.id not in keep]:
             del self.players[player.id]
             dropped += 1
         return dropped
@@ -288,7 +331,12 @@ class Lobby:
     def _load(self, record: PlayerRecord | None, player_id: str, name: str | None, now: float) -> Player:
         if record is None:
             return Player(player_id, name or player_id, DEFAULT_RATING, now, now)
-        return Player(record.id, record.name, record.rating, record.first_seen, record.last_seen)
+        player = Player(record.id, record.name, record.rating, record.first_seen, record.last_seen)
+        if record.mu is not None and record.sigma is not None:
+            player.skill = Skill(record.mu, record.sigma)
+            player.rating = display_rating(player.skill, self.settings.rating_k)
+        player.games, player.wins = record.games, record.wins
+        return player
 
     def _player_of(self, session: str) -> Player:
         # The server only forwards requests of authenticated sessions, so a miss here
@@ -330,6 +378,10 @@ class Lobby:
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
         teams = split_teams(group, rules.team_count, rules.team_size)
+        odds = {}
+        if len(teams) == 2:
+            first, second = ([t.current_skill for t in team] for team in teams)
+            odds["win_probability"] = round(win_probability(first, second), 3)
         check = ReadyCheck(
             match=match,
             queue=rules.name,
@@ -351,13 +403,15 @@ class Lobby:
             sends.append(fx.Send(player.session, found))
         return [
             fx.OfferMatch(match, tuple(sends)),
-            fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players)}),
+            fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players), **odds}),
         ]
 
     def _start(self, check: ReadyCheck, now: float) -> list[fx.Effect]:
         record = self._record(check, MatchState.STARTED, now, None)
         del self.checks[check.match]
         self.finished[check.match] = (CheckState.STARTED, now, frozenset(check.players))
+        if self.hosting is not None:
+            return self.hosting.begin(check, record, now)
         teams = [list(team) for team in check.teams]
         ratings = [list(team) for team in record.ratings]
 

@@ -41,7 +41,7 @@ def take_groups(pool: TicketPool, rules: QueueRules, now: float, limit: int) -> 
             continue
         if len(pool) < need:
             break
-        window = rules.window(now - anchor.waiting_since)
+        window = rules.window(now - anchor.waiting_since, anchor.uncertainty)
         candidates = pool.nearest(anchor, window, need - 1 + CANDIDATE_SLACK)
         if len(candidates) < need - 1:
             continue

@@ -12,6 +12,8 @@ from typing import Final
 
 import msgspec
 
+from lobbyd.core.ratings import DEFAULT_ORDINAL_K, Skill, sigma_points, skill_from_rating
+
 DEFAULT_RATING: Final = 1500
 
 
@@ -20,7 +22,10 @@ class QueueRules:
     """How one queue forms matches.
 
     The rating window of a ticket is ``window_start + window_growth * wait``, capped at
-    ``window_max``, in rating points, where ``wait`` is in seconds.
+    ``window_max``, in rating points, where ``wait`` is in seconds. On top of that comes
+    ``window_uncertainty`` times the ticket's sigma in rating points, so that a player
+    whose rating is still a rough guess looks further; 0, the default here, turns it off.
+    ``region`` is where game servers for this queue's matches must be.
     """
 
     name: str
@@ -29,14 +34,20 @@ class QueueRules:
     window_start: float = 50.0
     window_growth: float = 10.0
     window_max: float = 1000.0
+    window_uncertainty: float = 0.0
+    region: str = "default"
 
     @property
     def match_size(self) -> int:
         return self.team_count * self.team_size
 
-    def window(self, wait: float) -> float:
-        """Return the rating window, in points, of a ticket that waited ``wait`` seconds."""
-        return min(self.window_start + self.window_growth * max(wait, 0.0), self.window_max)
+    def window(self, wait: float, uncertainty: float = 0.0) -> float:
+        """Return the rating window, in points, of a ticket that waited ``wait`` seconds.
+
+        ``uncertainty`` is the ticket's sigma in rating points.
+        """
+        grown = min(self.window_start + self.window_growth * max(wait, 0.0), self.window_max)
+        return grown + self.window_uncertainty * uncertainty
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,9 @@ class LobbySettings:
     dev_mode: bool = False
     """True when the server checks no player tokens; ``welcome`` says so."""
 
+    rating_k: float = DEFAULT_ORDINAL_K
+    """How many sigmas the display rating subtracts from mu."""
+
 
 class Place(enum.Enum):
     """Where a player is; a player is in exactly one place at a time."""
@@ -65,17 +79,29 @@ class Place(enum.Enum):
     IDLE = "idle"
     QUEUED = "queued"
     READY_CHECK = "ready_check"
+    IN_MATCH = "in_match"
+    """Every player accepted: the match is being allocated a game server or is running on it."""
 
 
 @dataclass(frozen=True, slots=True)
 class PlayerRecord:
-    """What the store keeps about a player."""
+    """What the store keeps about a player.
+
+    ``mu`` and ``sigma`` are None until the player's first rated match; until then the
+    player's skill is ``skill_from_rating(rating)``.
+    """
 
     id: str
     name: str
     rating: int
     first_seen: float
     last_seen: float
+    mu: float | None = None
+    sigma: float | None = None
+    games: int = 0
+    """Rated matches played."""
+    wins: int = 0
+    """Rated matches whose first place the player's team took alone."""
 
 
 # Player and Ticket are msgspec Structs with gc=False: they hold only strings,
@@ -96,9 +122,21 @@ class Player(msgspec.Struct, gc=False):
     place: Place = Place.IDLE
     queue: str | None = None
     match: str | None = None
+    skill: Skill | None = None
+    """None until the first rated match: see ``PlayerRecord``."""
+    games: int = 0
+    wins: int = 0
+
+    @property
+    def current_skill(self) -> Skill:
+        return self.skill if self.skill is not None else skill_from_rating(self.rating)
 
     def record(self) -> PlayerRecord:
-        return PlayerRecord(self.id, self.name, self.rating, self.first_seen, self.last_seen)
+        mu = self.skill.mu if self.skill is not None else None
+        sigma = self.skill.sigma if self.skill is not None else None
+        return PlayerRecord(
+            self.id, self.name, self.rating, self.first_seen, self.last_seen, mu, sigma, self.games, self.wins
+        )
 
 
 class Ticket(msgspec.Struct, gc=False):
@@ -115,11 +153,26 @@ class Ticket(msgspec.Struct, gc=False):
     waiting_since: float
     seq: int
     priority: bool = False
+    skill: Skill | None = None
+    """The player's skill when the ticket was made; None means ``skill_from_rating(rating)``."""
+
+    @property
+    def current_skill(self) -> Skill:
+        return self.skill if self.skill is not None else skill_from_rating(self.rating)
+
+    @property
+    def uncertainty(self) -> float:
+        """The skill's sigma in rating points, which widens the ticket's window."""
+        return sigma_points(self.current_skill)
 
 
 class MatchState(enum.Enum):
     STARTED = "started"
     CANCELLED = "cancelled"
+    FINISHED = "finished"
+    """Its game server reported a result, and ratings moved."""
+    ABANDONED = "abandoned"
+    """It started but ended without a result: its game server was lost or it ran too long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +189,29 @@ class MatchRecord:
     reason: str | None = None
     waits: tuple[float, ...] = field(default=())
     """Seconds each player waited from joining the queue to the match, in team order."""
+    server: str | None = None
+    """Address of the game server that hosts the match, when one was allocated."""
+    ranks: tuple[int, ...] | None = None
+    """Place of each team, 0 first, equal places a draw; set once a result is applied."""
+    scores: tuple[tuple[float | None, ...], ...] | None = None
+    """Per-player scores the game server reported, parallel to ``teams``."""
+    ratings_after: tuple[tuple[int, ...], ...] | None = None
+    """Display ratings after the result, parallel to ``teams``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One match in a player's history, as the store returns it."""
+
+    match: str
+    queue: str
+    state: MatchState
+    reason: str | None
+    team: int
+    rank: int | None
+    """The place of the player's team, 0 first; None without a result."""
+    score: float | None
+    rating_before: int
+    rating_after: int | None
+    created_at: float
+    ended_at: float

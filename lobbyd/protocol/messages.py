@@ -8,6 +8,7 @@ older peers; the names and meanings below do not change within v1.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Final
 
 import msgspec
@@ -32,6 +33,18 @@ Identifier = Annotated[
 DisplayName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
 Token = Annotated[str, msgspec.Meta(max_length=MAX_TOKEN_LENGTH)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+
+# A game-server address is "host:port" or "[v6]:port", with room for a DNS name of 253
+# characters. A match has at most 64 teams, the most a queue may have.
+MAX_ADDRESS_LENGTH: Final = 262
+MAX_TEAMS: Final = 64
+MAX_HISTORY: Final = 100
+Address = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
+Reason = Annotated[str, msgspec.Meta(max_length=200)]
+Capacity = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+TeamIndex = Annotated[int, msgspec.Meta(ge=0, lt=MAX_TEAMS)]
+Rank = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Score = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
 
 
 class _Message(msgspec.Struct, tag_field="type", frozen=True, omit_defaults=True, kw_only=True):
@@ -68,11 +81,70 @@ class Decline(_Message, tag="decline", frozen=True):
     match: Identifier
 
 
-ClientMessage = Hello | Ping | JoinQueue | LeaveQueue | Accept | Decline
+class GetProfile(_Message, tag="get_profile", frozen=True):
+    pass
 
-CLIENT_TYPES: Final = frozenset(
-    str(cls.__struct_config__.tag) for cls in (Hello, Ping, JoinQueue, LeaveQueue, Accept, Decline)
+
+class GetHistory(_Message, tag="get_history", frozen=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 10
+
+
+# Game server to lobbyd.
+
+
+class Register(_Message, tag="register", frozen=True):
+    v: Version
+    server: Identifier
+    secret: Token
+    address: Address
+    capacity: Capacity
+    queues: Annotated[list[Identifier], msgspec.Meta(min_length=1, max_length=256)]
+    region: Identifier = "default"
+
+
+class Allocated(_Message, tag="allocated", frozen=True):
+    match: Identifier
+
+
+class AllocationRefused(_Message, tag="allocation_refused", frozen=True):
+    match: Identifier
+    reason: Reason | None = None
+
+
+class MatchResult(_Message, tag="match_result", frozen=True):
+    """A finished match: ``winner`` (a team index) or ``ranks`` (one place per team), not both."""
+
+    match: Identifier
+    winner: TeamIndex | None = None
+    ranks: Annotated[list[Rank], msgspec.Meta(max_length=MAX_TEAMS)] | None = None
+    scores: Annotated[dict[Identifier, Score], msgspec.Meta(max_length=4096)] | None = None
+
+
+class ReleasePlayer(_Message, tag="release_player", frozen=True):
+    match: Identifier
+    player: Identifier
+
+
+ClientMessage = (
+    Hello
+    | Ping
+    | JoinQueue
+    | LeaveQueue
+    | Accept
+    | Decline
+    | GetProfile
+    | GetHistory
+    | Register
+    | Allocated
+    | AllocationRefused
+    | MatchResult
+    | ReleasePlayer
 )
+
+CLIENT_TYPES: Final = frozenset(str(cls.__struct_config__.tag) for cls in typing.get_args(ClientMessage))
+
+# Requests only a registered game server may send; players send the rest, and ping is both's.
+GAME_SERVER_REQUESTS: Final = (Allocated, AllocationRefused, MatchResult, ReleasePlayer)
 
 
 # Server to client.
@@ -123,6 +195,8 @@ class MatchStart(_Message, tag="match_start", frozen=True):
     teams: list[list[str]]
     server: str | None = None
     ratings: list[list[int]] | None = None
+    ticket: str | None = None
+    """The receiver's join ticket for the game server at ``server``."""
 
 
 class Kicked(_Message, tag="kicked", frozen=True):
@@ -136,6 +210,92 @@ class Error(_Message, tag="error", frozen=True):
     """How long to wait before trying again, sent with server_full and rate_limited."""
 
 
+class MatchEnded(_Message, tag="match_ended", frozen=True):
+    match: str
+    reason: str
+
+
+class RatingChanged(_Message, tag="rating_changed", frozen=True):
+    match: str
+    rating: int
+    change: int
+    mu: float
+    sigma: float
+    games: int
+    wins: int
+
+
+class Profile(_Message, tag="profile", frozen=True):
+    player: str
+    name: str
+    rating: int
+    mu: float
+    sigma: float
+    games: int
+    wins: int
+
+
+class HistoryMatch(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
+    """One entry of ``history``: a match the player started, newest first."""
+
+    match: str
+    queue: str
+    state: str
+    team: int
+    rating_before: int
+    started_ms: int
+    ended_ms: int
+    rank: int | None = None
+    score: float | None = None
+    rating_after: int | None = None
+    reason: str | None = None
+
+
+class History(_Message, tag="history", frozen=True):
+    matches: list[HistoryMatch]
+
+
+# Lobbyd to game server.
+
+
+class Registered(_Message, tag="registered", frozen=True):
+    session: str
+    server: str
+    heartbeat_ms: int
+    allocate_ms: int
+
+
+class AllocatedPlayer(msgspec.Struct, frozen=True, kw_only=True):
+    """One player of an ``allocate``, with the join ticket they will present."""
+
+    player: str
+    name: str
+    team: int
+    ticket: str
+
+
+class Allocate(_Message, tag="allocate", frozen=True):
+    match: str
+    queue: str
+    teams: list[list[str]]
+    players: list[AllocatedPlayer]
+    allocate_ms: int
+
+
+class Deallocate(_Message, tag="deallocate", frozen=True):
+    match: str
+    reason: str
+
+
+class ResultApplied(_Message, tag="result_applied", frozen=True):
+    match: str
+
+
+class PlayerReleased(_Message, tag="player_released", frozen=True):
+    match: str
+    player: str
+
+
 ServerMessage = (
     Welcome
     | Pong
@@ -147,4 +307,13 @@ ServerMessage = (
     | MatchStart
     | Kicked
     | Error
+    | MatchEnded
+    | RatingChanged
+    | Profile
+    | History
+    | Registered
+    | Allocate
+    | Deallocate
+    | ResultApplied
+    | PlayerReleased
 )

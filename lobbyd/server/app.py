@@ -20,8 +20,9 @@ from typing import Any
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
+from lobbyd.core.hosting import HostingCounts
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import PlayerRecord
+from lobbyd.core.model import HistoryEntry, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
 from lobbyd.server.gc_policy import freeze_survivors
@@ -67,12 +68,15 @@ class Server:
             frame_timeout=config.frame_timeout_ms / 1000,
             rate_per_s=config.rate_limit_per_s,
             rate_burst=config.rate_limit_burst,
+            game_server_rate_per_s=config.game_server_rate_limit_per_s,
+            game_server_rate_burst=config.game_server_rate_limit_burst,
         )
         self.verifier = TokenVerifier(config.auth_settings())
+        self.game_server_key = config.game_server_key()
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
         settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
-        self.lobby = Lobby(config.queue_rules(), settings, new_match_id)
+        self.lobby = Lobby(config.queue_rules(), settings, new_match_id, config.hosting_settings())
         self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
         self.players = PlayerLoader(self.store)
         self.matchmaker = MatchmakerLoop(
@@ -109,6 +113,14 @@ class Server:
             return record
         return await self.players.load(player_id)
 
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]:
+        return await self.store.load_history(player_id, limit)
+
+    @property
+    def hosting_counts(self) -> HostingCounts | None:
+        """Counts of allocations, results and abandoned matches; None without game servers."""
+        return self.lobby.hosting.counts if self.lobby.hosting is not None else None
+
     # Life cycle.
 
     async def run(self) -> None:
@@ -137,7 +149,13 @@ class Server:
             store=self.config.store,
             data_dir=self.config.data_dir,
             queues=sorted(self.lobby.rules),
+            game_servers=self._game_server_mode(),
         )
+
+    def _game_server_mode(self) -> str:
+        registered = "registered" if self.game_server_key is not None else ""
+        static = "static" if self.config.static_game_servers else ""
+        return "+".join(mode for mode in (registered, static) if mode) or "none"
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""
@@ -224,6 +242,10 @@ class Server:
         for session_id in [s for s in self.lobby.sessions if self.registry.get(s) is None]:
             # Every closed session sends Gone, so this is a bug of ours: repair and say so.
             log.error("stale_session_removed", session=session_id, player=self.lobby.sessions[session_id])
+            self.matchmaker.apply(self.lobby.disconnect(session_id, now))
+        servers = self.lobby.hosting.pool.by_session if self.lobby.hosting is not None else {}
+        for session_id in [s for s in servers if self.registry.get(s) is None]:
+            log.error("stale_game_server_removed", session=session_id, server=servers[session_id])
             self.matchmaker.apply(self.lobby.disconnect(session_id, now))
         dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
         frozen = freeze_survivors()

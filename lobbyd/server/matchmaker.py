@@ -15,14 +15,15 @@ from typing import Final
 
 from lobbyd.core import effects as fx
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import MatchRecord
+from lobbyd.core.model import MatchRecord, PlayerRecord
 from lobbyd.errors import RemoteError, ShuttingDown, StoreError
 from lobbyd.protocol import messages as m
-from lobbyd.server import logs
+from lobbyd.server import game_server_session, logs
 from lobbyd.server.fanout import fan_out
+from lobbyd.server.game_server_session import SessionRole
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.registry import Registry
-from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
+from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session import Session
 
 # A started match is committed before anyone hears of it. These are the waits, in
@@ -122,12 +123,27 @@ class MatchmakerLoop:
         if isinstance(request, Login):
             hello = request.hello
             return self.lobby.connect(session.id, request.record, hello.player, hello.name, now, hello.rid)
+        if isinstance(request, Registration):
+            assert self.lobby.hosting is not None, "registration accepted by a lobby that hosts no matches"
+            return self.lobby.hosting.register(session.id, request.register, now)
+        if session.role is SessionRole.GAME_SERVER:
+            if not self._registered(session):
+                return []
+            return game_server_session.dispatch(self.lobby, session.id, request.message, now)
         if session.id not in self.lobby.sessions:
             # A session replaced by a newer login; it is already being closed.
             return []
         return self._request(session, request.message, now)
 
+    def _registered(self, session: Session) -> bool:
+        # A game-server session replaced by a newer register is already being closed.
+        hosting = self.lobby.hosting
+        return hosting is not None and session.id in hosting.pool.by_session
+
     def _request(self, session: Session, message: m.ClientMessage, now: float) -> list[fx.Effect]:
+        game_server_session.check_player_request(message)
+        if isinstance(message, m.GetProfile):
+            return self.lobby.profile(session.id, message.rid)
         if isinstance(message, m.JoinQueue):
             if self.draining:
                 msg = "the server is shutting down and takes no new queue entries; reconnect shortly"
@@ -154,6 +170,8 @@ class MatchmakerLoop:
                 self._offer(effect)
             elif isinstance(effect, fx.StartMatch):
                 self._spawn_start(effect)
+            elif isinstance(effect, fx.FinishMatch):
+                self._spawn_finish(effect)
             elif isinstance(effect, fx.SavePlayer):
                 self.persistence.mark_player(effect.record)
             elif isinstance(effect, fx.SaveMatch):
@@ -193,7 +211,7 @@ class MatchmakerLoop:
     async def _start(self, record: MatchRecord, sends: tuple[fx.Send, ...]) -> None:
         began = time.perf_counter()
         if not await self._commit(record):
-            self.lobby.abort_start(record.id, time.time())
+            self.apply(self.lobby.abort_start(record.id, time.time()))
             cancelled = [
                 fx.Send(send.session, m.MatchCancelled(match=record.id, reason="storage_failed", requeued=False))
                 for send in sends
@@ -212,6 +230,20 @@ class MatchmakerLoop:
         )
         if delivered < len(sends):
             log.info("match_start_partial", match=record.id, delivered=delivered, players=len(sends))
+
+    def _spawn_finish(self, effect: fx.FinishMatch) -> None:
+        task = asyncio.create_task(self._finish(effect.record, effect.players, effect.sends))
+        self.starts.add(task)
+        task.add_done_callback(self.starts.discard)
+
+    async def _finish(self, record: MatchRecord, players: tuple[PlayerRecord, ...], sends: tuple[fx.Send, ...]) -> None:
+        # The result is applied in memory already. If the commit fails, the records stay
+        # dirty for the flusher, and the players and the server still hear of it.
+        for player in players:
+            self.persistence.mark_player(player)
+        committed = await self._commit(record)
+        log.info("match_finished_stored" if committed else "match_finished_unstored", match=record.id)
+        self.apply(sends)
 
     async def _commit(self, record: MatchRecord) -> bool:
         for attempt, delay in enumerate((*COMMIT_RETRY_DELAYS, None), start=1):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lobbyd.core.model import PlayerRecord
-from lobbyd.protocol.messages import ClientMessage, Hello, ServerMessage
+from lobbyd.protocol.messages import ClientMessage, Hello, Register, ServerMessage
 
 if TYPE_CHECKING:
     from lobbyd.server.session import Session
@@ -23,6 +23,14 @@ class Login:
     session: Session
     hello: Hello
     record: PlayerRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A ``register`` whose secret checked out: the session is a game server's."""
+
+    session: Session
+    register: Register
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,4 +56,4 @@ class Gone:
     session: Session
 
 
-Request = Login | Incoming | Relay | Gone
+Request = Login | Registration | Incoming | Relay | Gone

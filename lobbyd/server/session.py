@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from lobbyd.auth import TokenVerifier
-from lobbyd.core.model import PlayerRecord
+from lobbyd.core.model import HistoryEntry, PlayerRecord
 from lobbyd.errors import (
     AlreadyAuthenticated,
     NotAuthenticated,
@@ -40,10 +40,22 @@ from lobbyd.errors import (
     UnsupportedVersion,
 )
 from lobbyd.protocol.codec import Codec, Framing
-from lobbyd.protocol.messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Kicked, Ping, Pong, ServerMessage
+from lobbyd.protocol.messages import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Error,
+    GetHistory,
+    Hello,
+    Kicked,
+    Ping,
+    Pong,
+    Register,
+    ServerMessage,
+)
 from lobbyd.server import logs
+from lobbyd.server.game_server_session import SessionRole, check_registration, history_message
 from lobbyd.server.ratelimit import TokenBucket
-from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
+from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
 
 # Bytes asked of the socket per read: large enough to take a burst of pipelined
@@ -65,6 +77,8 @@ class SessionLimits:
     frame_timeout: float
     rate_per_s: float
     rate_burst: int
+    game_server_rate_per_s: float = 200.0
+    game_server_rate_burst: int = 600
 
 
 class SessionHost(Protocol):
@@ -72,11 +86,13 @@ class SessionHost(Protocol):
 
     limits: SessionLimits
     verifier: TokenVerifier
+    game_server_key: bytes | None
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
     def unregister(self, session: Session) -> None: ...
     async def load_player(self, player_id: str) -> PlayerRecord | None: ...
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]: ...
 
 
 class Session:
@@ -102,6 +118,8 @@ class Session:
         "inflight",
         "peer",
         "player",
+        "role",
+        "server",
         "state",
         "task",
     )
@@ -109,6 +127,9 @@ class Session:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: SessionHost) -> None:
         self.id = _new_session_id()
         self.player: str | None = None
+        self.role: SessionRole | None = None
+        self.server: str | None = None
+        """The game server's id, for a session that registered as one."""
         self.state = SessionState.NEW
         self.inflight = 0
         self.close_reason: str | None = None
@@ -131,6 +152,8 @@ class Session:
     @property
     def log(self) -> Any:
         """A logger bound to this session's ids."""
+        if self.server is not None:
+            return log.bind(session=self.id, peer=self.peer, server=self.server)
         if self.player is None:
             return log.bind(session=self.id, peer=self.peer)
         return log.bind(session=self.id, peer=self.peer, player=self.player)
@@ -169,9 +192,10 @@ class Session:
                 codec.receive_data(data)
                 replies: list[ServerMessage] = []
                 outcome = self._process(replies)
-                while isinstance(outcome, Hello):
-                    # Logging in may read the store, the one await between two messages.
-                    outcome = await self._login_then_process(outcome, replies)
+                while isinstance(outcome, Hello | GetHistory):
+                    # A login or a history request reads the store: the only awaits
+                    # between two messages of a batch.
+                    outcome = await self._await_then_process(outcome, replies)
                 if replies:
                     self.send_many(replies)
                 if outcome is _CLOSE:
@@ -191,7 +215,7 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
         was_authenticated = self.state is SessionState.AUTHENTICATED or (
-            self.state is SessionState.CLOSED and self.player is not None
+            self.state is SessionState.CLOSED and self.role is not None
         )
         self.close(self.close_reason or "peer_closed")
         self._host.unregister(self)
@@ -258,11 +282,11 @@ class Session:
 
     # Input.
 
-    def _process(self, replies: list[ServerMessage]) -> Hello | object | None:
-        """Handle the buffered messages until the buffer runs dry (None), a ``hello``
-        needs the store (the Hello), or the session must close (``_CLOSE``)."""
+    def _process(self, replies: list[ServerMessage]) -> Hello | GetHistory | object | None:
+        """Handle the buffered messages until the buffer runs dry (None), a message
+        needs the store (that ``hello`` or ``get_history``), or the session must close
+        (``_CLOSE``)."""
         codec = self._codec
-        bucket = self._bucket
         clock = self._loop.time
         while True:
             try:
@@ -280,7 +304,7 @@ class Session:
                 return None
             now = clock()
             self._last_active = now
-            if not bucket.take(now):
+            if not self._bucket.take(now):
                 if not self._rate_limited(message, replies):
                     return _CLOSE
                 continue
@@ -289,19 +313,31 @@ class Session:
                 continue
             if self.state is SessionState.NEW and type(message) is Hello:
                 return message
+            if type(message) is GetHistory and self.role is SessionRole.PLAYER:
+                return message
             try:
                 self._handle(message, replies)
             except RemoteError as exc:
                 self.log.info("request_rejected", code=exc.code, type=_type_of(message))
+                if exc.fatal:
+                    replies.append(_error(exc))
+                    self.close_reason = exc.code
+                    return _CLOSE
                 self._reply(replies, _error(exc))
             if self.state is SessionState.CLOSED:
                 return None
 
-    async def _login_then_process(self, hello: Hello, replies: list[ServerMessage]) -> Hello | object | None:
+    async def _await_then_process(
+        self, message: Hello | GetHistory, replies: list[ServerMessage]
+    ) -> Hello | GetHistory | object | None:
+        """Handle a message that reads the store, then go on with the rest of the batch."""
         try:
-            await self._login(hello)
+            if isinstance(message, Hello):
+                await self._login(message)
+            else:
+                await self._history(message, replies)
         except RemoteError as exc:
-            self.log.info("request_rejected", code=exc.code, type="hello")
+            self.log.info("request_rejected", code=exc.code, type=_type_of(message))
             if exc.fatal:
                 replies.append(_error(exc))
                 self.close_reason = exc.code
@@ -325,10 +361,14 @@ class Session:
 
     def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
         if self.state is SessionState.NEW:
+            if isinstance(message, Register):
+                self._register(message)
+                return
             msg = f"send hello before {_type_of(message)!r}"
             raise NotAuthenticated(msg, rid=message.rid)
-        if isinstance(message, Hello):
-            msg = f"this connection is already authenticated as player {self.player!r}"
+        if isinstance(message, Hello | Register):
+            who = f"player {self.player!r}" if self.role is SessionRole.PLAYER else "a game server"
+            msg = f"this connection is already authenticated as {who}"
             raise AlreadyAuthenticated(msg, rid=message.rid)
         self._forward(Incoming(self, message))
 
@@ -352,6 +392,7 @@ class Session:
             return
         self.state = next_state(self.id, self.state, SessionEvent.HELLO)
         self.player = hello.player
+        self.role = SessionRole.PLAYER
         # The hello deadline's timer usually stays armed: when it fires it finds the
         # session authenticated and re-arms itself for the heartbeat deadline. Only a
         # heartbeat timeout shorter than the hello timeout needs an earlier timer.
@@ -359,6 +400,33 @@ class Session:
         if self._timer is None or heartbeat_deadline < self._timer.when():
             self._arm_timer(heartbeat_deadline)
         self._forward(Login(self, hello, record))
+
+    def _register(self, message: Register) -> None:
+        """Make this a game-server session, if the secret checks out."""
+        try:
+            check_registration(self._host.game_server_key, message)
+        except RemoteError as exc:
+            self.log.warning("registration_rejected", server=message.server, code=exc.code, error=exc.message)
+            raise
+        self.state = next_state(self.id, self.state, SessionEvent.HELLO)
+        self.role = SessionRole.GAME_SERVER
+        self.server = message.server
+        limits = self._host.limits
+        self._bucket = TokenBucket(limits.game_server_rate_per_s, limits.game_server_rate_burst, self._loop.time())
+        self._arm_timer(self._last_active + limits.heartbeat_timeout)
+        self._forward(Registration(self, message))
+
+    async def _history(self, request: GetHistory, replies: list[ServerMessage]) -> None:
+        """Reply to get_history from the store; the read loop waits, so replies keep their order."""
+        assert self.player is not None
+        try:
+            entries = await self._host.load_history(self.player, request.limit)
+        except StoreError:
+            self.log.exception("history_load_failed")
+            error = Error(code="internal", message="the server could not read the match history", rid=request.rid)
+            self._reply(replies, error)
+            return
+        self._reply(replies, history_message(entries, request.rid))
 
     def _forward(self, request: Request) -> None:
         self.inflight += 1

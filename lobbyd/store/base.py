@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from lobbyd.core.model import MatchRecord, PlayerRecord
+from lobbyd.core.model import HistoryEntry, MatchRecord, PlayerRecord
 
 
 class Store(Protocol):
@@ -38,3 +38,9 @@ class Store(Protocol):
 
     async def count_matches(self) -> int:
         """Return how many matches are stored, in any state."""
+
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]:
+        """Return the last ``limit`` matches ``player_id`` started, newest first.
+
+        Cancelled ready checks are not part of a history.
+        """

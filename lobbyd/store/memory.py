@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lobbyd.core.model import MatchRecord, PlayerRecord
+from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 
 
 class MemoryStore:
@@ -35,3 +35,32 @@ class MemoryStore:
 
     async def count_matches(self) -> int:
         return len(self.matches)
+
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]:
+        entries = [entry for match in self.matches.values() if (entry := _history_entry(match, player_id))]
+        entries.sort(key=lambda entry: (entry.created_at, entry.match), reverse=True)
+        return entries[:limit]
+
+
+def _history_entry(match: MatchRecord, player_id: str) -> HistoryEntry | None:
+    """Return the player's entry for ``match``, or None if they did not play in it."""
+    if match.state is MatchState.CANCELLED:
+        return None
+    for team_index, team in enumerate(match.teams):
+        if player_id not in team:
+            continue
+        slot = team.index(player_id)
+        return HistoryEntry(
+            match=match.id,
+            queue=match.queue,
+            state=match.state,
+            reason=match.reason,
+            team=team_index,
+            rank=match.ranks[team_index] if match.ranks is not None else None,
+            score=match.scores[team_index][slot] if match.scores is not None else None,
+            rating_before=match.ratings[team_index][slot],
+            rating_after=match.ratings_after[team_index][slot] if match.ratings_after is not None else None,
+            created_at=match.created_at,
+            ended_at=match.ended_at,
+        )
+    return None

@@ -21,10 +21,10 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from lobbyd.core.model import MatchRecord, MatchState, PlayerRecord
+from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Statements that migrate a database from schema version ``n - 1`` to ``n``, keyed by ``n``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -52,6 +52,43 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )
         """,
     ),
+    # Version 2: OpenSkill mu and sigma per player (NULL until the first rated match),
+    # results of hosted matches, and one row per player of every match that started,
+    # so that a player's history is one indexed query.
+    2: (
+        "ALTER TABLE players ADD COLUMN mu REAL",
+        "ALTER TABLE players ADD COLUMN sigma REAL",
+        "ALTER TABLE players ADD COLUMN games INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE players ADD COLUMN wins INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE matches ADD COLUMN server TEXT",
+        # JSON: ranks is one place per team (0 first); scores and ratings_after are
+        # lists of teams, parallel to teams.
+        "ALTER TABLE matches ADD COLUMN ranks TEXT",
+        "ALTER TABLE matches ADD COLUMN scores TEXT",
+        "ALTER TABLE matches ADD COLUMN ratings_after TEXT",
+        """
+        CREATE TABLE match_players (
+            match_id TEXT NOT NULL,
+            player_id TEXT NOT NULL,
+            team INTEGER NOT NULL,
+            rank INTEGER,
+            score REAL,
+            rating_before INTEGER NOT NULL,
+            rating_after INTEGER,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (match_id, player_id)
+        )
+        """,
+        "CREATE INDEX match_players_by_player ON match_players (player_id, created_at)",
+        # Matches started under version 1 join the history too.
+        """
+        INSERT INTO match_players (match_id, player_id, team, rating_before, created_at)
+        SELECT m.id, p.value, CAST(t.key AS INTEGER),
+               json_extract(m.ratings, '$[' || t.key || '][' || p.key || ']'), m.created_at
+        FROM matches AS m, json_each(m.teams) AS t, json_each(t.value) AS p
+        WHERE m.state = 'started'
+        """,
+    ),
 }
 
 # In WAL mode, NORMAL loses no committed transaction when the process crashes or is
@@ -65,18 +102,25 @@ SYNCHRONOUS_MODES: Final = ("normal", "full")
 BUSY_TIMEOUT_MS: Final = 5_000
 
 _UPSERT_PLAYER: Final = """
-    INSERT INTO players (id, name, rating, first_seen, last_seen)
-    VALUES (?, ?, ?, ?, ?)
+    INSERT INTO players (id, name, rating, first_seen, last_seen, mu, sigma, games, wins)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         name = excluded.name,
         rating = excluded.rating,
         first_seen = excluded.first_seen,
-        last_seen = excluded.last_seen
+        last_seen = excluded.last_seen,
+        mu = excluded.mu,
+        sigma = excluded.sigma,
+        games = excluded.games,
+        wins = excluded.wins
 """
 
 _UPSERT_MATCH: Final = """
-    INSERT INTO matches (id, queue, teams, ratings, waits, state, created_at, ended_at, reason)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO matches (
+        id, queue, teams, ratings, waits, state, created_at, ended_at, reason,
+        server, ranks, scores, ratings_after
+    )
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         queue = excluded.queue,
         teams = excluded.teams,
@@ -85,16 +129,49 @@ _UPSERT_MATCH: Final = """
         state = excluded.state,
         created_at = excluded.created_at,
         ended_at = excluded.ended_at,
-        reason = excluded.reason
+        reason = excluded.reason,
+        server = excluded.server,
+        ranks = excluded.ranks,
+        scores = excluded.scores,
+        ratings_after = excluded.ratings_after
+"""
+
+_UPSERT_MATCH_PLAYER: Final = """
+    INSERT INTO match_players (match_id, player_id, team, rank, score, rating_before, rating_after, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT(match_id, player_id) DO UPDATE SET
+        team = excluded.team,
+        rank = excluded.rank,
+        score = excluded.score,
+        rating_before = excluded.rating_before,
+        rating_after = excluded.rating_after,
+        created_at = excluded.created_at
+"""
+
+_SELECT_HISTORY: Final = """
+    SELECT mp.match_id, m.queue, m.state, m.reason, mp.team, mp.rank, mp.score,
+           mp.rating_before, mp.rating_after, m.created_at, m.ended_at
+    FROM match_players AS mp JOIN matches AS m ON m.id = mp.match_id
+    WHERE mp.player_id = ?
+    ORDER BY mp.created_at DESC, mp.match_id DESC
+    LIMIT ?
 """
 
 _json_encoder: Final = msgspec.json.Encoder()
 _teams_decoder: Final = msgspec.json.Decoder(tuple[tuple[str, ...], ...])
 _ratings_decoder: Final = msgspec.json.Decoder(tuple[tuple[int, ...], ...])
 _waits_decoder: Final = msgspec.json.Decoder(tuple[float, ...])
+_ranks_decoder: Final = msgspec.json.Decoder(tuple[int, ...] | None)
+_scores_decoder: Final = msgspec.json.Decoder(tuple[tuple[float | None, ...], ...] | None)
+_ratings_after_decoder: Final = msgspec.json.Decoder(tuple[tuple[int, ...], ...] | None)
 
-# A matches row without its id: queue, teams, ratings, waits, state, created_at, ended_at, reason.
-_MatchRow = tuple[str, str, str, str, str, float, float, str | None]
+# A matches row without its id: queue, teams, ratings, waits, state, created_at, ended_at,
+# reason, server, ranks, scores, ratings_after.
+_MatchRow = tuple[str, str, str, str, str, float, float, str | None, str | None, str | None, str | None, str | None]
+
+# A history row: match, queue, state, reason, team, rank, score, rating_before,
+# rating_after, created_at, ended_at.
+_HistoryRow = tuple[str, str, str, str | None, int, int | None, float | None, int, int | None, float, float]
 
 _T = TypeVar("_T")
 
@@ -142,7 +219,8 @@ class SqliteStore:
         """Upsert ``players`` and ``matches`` in one transaction: all of them or none."""
         player_rows = [_player_row(record) for record in players]
         match_rows = [_match_row(record) for record in matches]
-        await self._run("save", lambda connection: _upsert(connection, player_rows, match_rows))
+        match_player_rows = [row for record in matches for row in _match_player_rows(record)]
+        await self._run("save", lambda connection: _upsert(connection, player_rows, match_rows, match_player_rows))
 
     async def load_match(self, match_id: str) -> MatchRecord | None:
         """Return the stored match ``match_id``, or ``None``.
@@ -162,6 +240,15 @@ class SqliteStore:
 
     async def count_matches(self) -> int:
         return await self._run("count_matches", _count_matches)
+
+    async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]:
+        """Return the player's last ``limit`` started matches, newest first."""
+        rows = await self._run("load_history", lambda connection: _select_history(connection, player_id, limit))
+        try:
+            return [_history_from_row(row) for row in rows]
+        except ValueError as exc:
+            msg = f"sqlite load_history on {self.path} failed: a match of player {player_id!r} is invalid: {exc}"
+            raise StoreError(msg) from exc
 
     async def _run(self, operation: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
         """Call ``function`` with the connection in a worker thread, holding the lock."""
@@ -258,7 +345,17 @@ def _migrate(connection: sqlite3.Connection, path: pathlib.Path) -> None:
 
 
 def _player_row(record: PlayerRecord) -> tuple[object, ...]:
-    return (record.id, record.name, record.rating, record.first_seen, record.last_seen)
+    return (
+        record.id,
+        record.name,
+        record.rating,
+        record.first_seen,
+        record.last_seen,
+        record.mu,
+        record.sigma,
+        record.games,
+        record.wins,
+    )
 
 
 def _match_row(record: MatchRecord) -> tuple[object, ...]:
@@ -272,27 +369,52 @@ def _match_row(record: MatchRecord) -> tuple[object, ...]:
         record.created_at,
         record.ended_at,
         record.reason,
+        record.server,
+        _json_or_none(record.ranks),
+        _json_or_none(record.scores),
+        _json_or_none(record.ratings_after),
     )
+
+
+def _json_or_none(value: object) -> str | None:
+    return None if value is None else _json_encoder.encode(value).decode()
+
+
+def _match_player_rows(record: MatchRecord) -> list[tuple[object, ...]]:
+    """Return one history row per player of a match that started; none for a cancelled one."""
+    if record.state is MatchState.CANCELLED:
+        return []
+    rows: list[tuple[object, ...]] = []
+    for team_index, team in enumerate(record.teams):
+        rank = record.ranks[team_index] if record.ranks is not None else None
+        for slot, player in enumerate(team):
+            score = record.scores[team_index][slot] if record.scores is not None else None
+            after = record.ratings_after[team_index][slot] if record.ratings_after is not None else None
+            before = record.ratings[team_index][slot]
+            rows.append((record.id, player, team_index, rank, score, before, after, record.created_at))
+    return rows
 
 
 def _upsert(
     connection: sqlite3.Connection,
     player_rows: list[tuple[object, ...]],
     match_rows: list[tuple[object, ...]],
+    match_player_rows: list[tuple[object, ...]],
 ) -> None:
     with _write_transaction(connection):
         connection.executemany(_UPSERT_PLAYER, player_rows)
         connection.executemany(_UPSERT_MATCH, match_rows)
+        connection.executemany(_UPSERT_MATCH_PLAYER, match_player_rows)
 
 
 def _select_player(connection: sqlite3.Connection, player_id: str) -> PlayerRecord | None:
     row = connection.execute(
-        "SELECT name, rating, first_seen, last_seen FROM players WHERE id = ?", (player_id,)
+        "SELECT name, rating, first_seen, last_seen, mu, sigma, games, wins FROM players WHERE id = ?", (player_id,)
     ).fetchone()
     if row is None:
         return None
-    name, rating, first_seen, last_seen = row
-    return PlayerRecord(player_id, name, rating, first_seen, last_seen)
+    name, rating, first_seen, last_seen, mu, sigma, games, wins = row
+    return PlayerRecord(player_id, name, rating, first_seen, last_seen, mu, sigma, games, wins)
 
 
 # SQLite allows 32,766 host parameters per statement since 3.32; 500 keeps each
@@ -306,16 +428,17 @@ def _select_players(connection: sqlite3.Connection, player_ids: list[str]) -> di
         chunk = player_ids[start : start + _SELECT_CHUNK]
         # Only "?" placeholders are formatted into the SQL; the ids are bound parameters.
         marks = ",".join("?" * len(chunk))
-        query = f"SELECT id, name, rating, first_seen, last_seen FROM players WHERE id IN ({marks})"
-        for player_id, name, rating, first_seen, last_seen in connection.execute(query, chunk):
-            found[player_id] = PlayerRecord(player_id, name, rating, first_seen, last_seen)
+        columns = "id, name, rating, first_seen, last_seen, mu, sigma, games, wins"
+        query = f"SELECT {columns} FROM players WHERE id IN ({marks})"
+        for player_id, *fields in connection.execute(query, chunk):
+            found[player_id] = PlayerRecord(player_id, *fields)
     return found
 
 
 def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRow | None:
     row: _MatchRow | None = connection.execute(
-        "SELECT queue, teams, ratings, waits, state, created_at, ended_at, reason"
-        " FROM matches WHERE id = ?",
+        "SELECT queue, teams, ratings, waits, state, created_at, ended_at, reason,"
+        " server, ranks, scores, ratings_after FROM matches WHERE id = ?",
         (match_id,),
     ).fetchone()
     return row
@@ -323,7 +446,7 @@ def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRo
 
 def _match_from_row(match_id: str, row: _MatchRow) -> MatchRecord:
     """Build a ``MatchRecord``, raising ``msgspec.DecodeError`` or ``ValueError`` on bad data."""
-    queue, teams, ratings, waits, state, created_at, ended_at, reason = row
+    queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, ratings_after = row
     return MatchRecord(
         id=match_id,
         queue=queue,
@@ -334,9 +457,24 @@ def _match_from_row(match_id: str, row: _MatchRow) -> MatchRecord:
         ended_at=ended_at,
         reason=reason,
         waits=_waits_decoder.decode(waits),
+        server=server,
+        ranks=_ranks_decoder.decode(ranks or "null"),
+        scores=_scores_decoder.decode(scores or "null"),
+        ratings_after=_ratings_after_decoder.decode(ratings_after or "null"),
     )
 
 
 def _count_matches(connection: sqlite3.Connection) -> int:
     (count,) = connection.execute("SELECT count(*) FROM matches").fetchone()
     return int(count)
+
+
+def _select_history(connection: sqlite3.Connection, player_id: str, limit: int) -> list[_HistoryRow]:
+    rows: list[_HistoryRow] = connection.execute(_SELECT_HISTORY, (player_id, limit)).fetchall()
+    return rows
+
+
+def _history_from_row(row: _HistoryRow) -> HistoryEntry:
+    """Build a ``HistoryEntry``, raising ``ValueError`` on an unknown match state."""
+    match, queue, state, reason, team, rank, score, before, after, created_at, ended_at = row
+    return HistoryEntry(match, queue, MatchState(state), reason, team, rank, score, before, after, created_at, ended_at)

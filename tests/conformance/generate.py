@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 import msgspec  # noqa: E402
 
 from lobbyd import errors  # noqa: E402
+from lobbyd.core import join_ticket  # noqa: E402
 from lobbyd.protocol import messages as m  # noqa: E402
 from lobbyd.protocol.codec import DEFAULT_MAX_FRAME  # noqa: E402
 
@@ -47,6 +48,11 @@ DESCRIPTION: Final = (
 # Ids in the form this server generates, although clients must treat them as opaque.
 MATCH: Final = "1939378fc80a1b2c3"
 MATCH_5V5: Final = "1939378fd21e4f5a6"
+# Join tickets in the examples are real: signed with this key, valid until this time.
+TICKET_KEY: Final = "conformance-join-ticket-key-0123"
+TICKET_EXPIRES: Final = 1733350000
+TICKET_ALICE: Final = join_ticket.sign(TICKET_KEY.encode(), "alice", MATCH, TICKET_EXPIRES)
+TICKET_BOB: Final = join_ticket.sign(TICKET_KEY.encode(), "bob", MATCH, TICKET_EXPIRES)
 
 # Examples of every message type, keyed by a name that is unique within a direction.
 CLIENT_EXAMPLES: Final[dict[str, m.ClientMessage]] = {
@@ -61,6 +67,25 @@ CLIENT_EXAMPLES: Final[dict[str, m.ClientMessage]] = {
     "leave_queue_named": m.LeaveQueue(queue="1v1", rid=4),
     "accept": m.Accept(match=MATCH, rid=5),
     "decline": m.Decline(match=MATCH, rid=6),
+    "get_profile": m.GetProfile(rid=9),
+    "get_history": m.GetHistory(limit=5, rid=10),
+    "register": m.Register(
+        v=1,
+        server="eu-1",
+        secret="server-secret",
+        address="203.0.113.7:7777",
+        capacity=8,
+        queues=["1v1", "5v5"],
+        region="eu",
+        rid=1,
+    ),
+    "allocated": m.Allocated(match=MATCH, rid=2),
+    "allocation_refused": m.AllocationRefused(match=MATCH, reason="shutting down", rid=2),
+    "match_result_winner": m.MatchResult(match=MATCH, winner=1, rid=3),
+    "match_result_ranks": m.MatchResult(
+        match=MATCH, ranks=[1, 0], scores={"alice": 12.0, "bob": 30.5}, rid=3
+    ),
+    "release_player": m.ReleasePlayer(match=MATCH, player="alice", rid=4),
 }
 
 SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
@@ -90,6 +115,65 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         team=1,
         teams=[["p1", "p4", "p5", "p8", "p9"], ["p2", "p3", "p6", "p7", "p10"]],
         ratings=[[1620, 1540, 1500, 1460, 1380], [1600, 1560, 1490, 1450, 1400]],
+    ),
+    "match_start_server": m.MatchStart(
+        match=MATCH,
+        queue="1v1",
+        team=0,
+        teams=[["alice"], ["bob"]],
+        ratings=[[1500], [1510]],
+        server="203.0.113.7:7777",
+        ticket=TICKET_ALICE,
+    ),
+    "match_cancelled_no_server": m.MatchCancelled(match=MATCH, reason="no_server", requeued=True),
+    "match_cancelled_allocation_failed": m.MatchCancelled(
+        match=MATCH, reason="allocation_failed", requeued=True
+    ),
+    "match_ended_finished": m.MatchEnded(match=MATCH, reason="finished"),
+    "match_ended_abandoned": m.MatchEnded(match=MATCH, reason="abandoned"),
+    "rating_changed": m.RatingChanged(
+        match=MATCH, rating=1604, change=104, mu=27.5, sigma=7.25, games=1, wins=1
+    ),
+    "profile": m.Profile(
+        player="alice", name="Alice", rating=1604, mu=27.5, sigma=7.25, games=1, wins=1, rid=9
+    ),
+    "history": m.History(
+        matches=[
+            m.HistoryMatch(
+                match=MATCH,
+                queue="1v1",
+                state="finished",
+                team=0,
+                rating_before=1500,
+                started_ms=1733349700000,
+                ended_ms=1733349950000,
+                rank=0,
+                score=30.5,
+                rating_after=1604,
+            )
+        ],
+        rid=10,
+    ),
+    "registered": m.Registered(
+        session="8d04c2e17a9b", server="eu-1", heartbeat_ms=10_000, allocate_ms=5_000, rid=1
+    ),
+    "allocate": m.Allocate(
+        match=MATCH,
+        queue="1v1",
+        teams=[["alice"], ["bob"]],
+        players=[
+            m.AllocatedPlayer(player="alice", name="Alice", team=0, ticket=TICKET_ALICE),
+            m.AllocatedPlayer(player="bob", name="Bob", team=1, ticket=TICKET_BOB),
+        ],
+        allocate_ms=5_000,
+    ),
+    "deallocate": m.Deallocate(match=MATCH, reason="timed_out"),
+    "result_applied": m.ResultApplied(match=MATCH, rid=3),
+    "player_released": m.PlayerReleased(match=MATCH, player="alice", rid=4),
+    "error_in_match": m.Error(
+        code="in_match",
+        message="player 'alice' is in match '1939378fc80a1b2c3' until it ends or its game server releases them",
+        rid=6,
     ),
     "kicked_shutdown": m.Kicked(reason="shutdown"),
     "kicked_logged_in_elsewhere": m.Kicked(reason="logged_in_elsewhere"),
@@ -271,6 +355,23 @@ def _remote_error_classes() -> list[type[errors.RemoteError]]:
     return found
 
 
+def join_ticket_vectors() -> list[dict[str, Any]]:
+    """List signed tickets with the key (UTF-8 text) and the exact text the MAC covers."""
+    vectors = []
+    for player, ticket in (("alice", TICKET_ALICE), ("bob", TICKET_BOB)):
+        vectors.append(
+            {
+                "key": TICKET_KEY,
+                "player": player,
+                "match": MATCH,
+                "expires": TICKET_EXPIRES,
+                "signed_text": ticket.rpartition(":")[0],
+                "ticket": ticket,
+            }
+        )
+    return vectors
+
+
 def check_coverage() -> None:
     """Raise when a message class of either direction has no example."""
     for union, examples in ((m.ClientMessage, CLIENT_EXAMPLES), (m.ServerMessage, SERVER_EXAMPLES)):
@@ -292,6 +393,7 @@ def build() -> dict[str, Any]:
         "messages": messages,
         "errors": [error_vector(case) for case in error_cases()],
         "error_codes": error_codes(),
+        "join_tickets": join_ticket_vectors(),
     }
 
 
