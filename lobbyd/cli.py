@@ -1,4 +1,4 @@
-"""Command line: ``lobbyd serve``, ``lobbyd client`` and ``lobbyd sim``.
+"""Command line: ``lobbyd serve``, ``check-config``, ``client``, ``token`` and ``sim``.
 
 Operator mistakes end in one line on stderr and an exit code, never a traceback:
 2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (default 3600)")
     token.add_argument("--private-key", help="PEM Ed25519 or P-256 private key, instead of the HS256 secret")
 
+    check = commands.add_parser("check-config", help="check a TOML configuration file and list every problem")
+    check.add_argument("file", type=Path, help="the TOML file to check")
+
     sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
     sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
     sim.add_argument(
@@ -79,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "check-config":
+        return _check_config(args)
     if args.command == "client":
         from lobbyd.client_cli import run_cli as run_client
 
@@ -100,6 +105,21 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    problems = config_module.check_file(args.file)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for line in str(exc).splitlines():
+        print(f"lobbyd: invalid configuration: {line}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.listen is not None:
@@ -109,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_module.load(args.config, overrides=overrides)
     except ConfigError as exc:
-        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return EXIT_USAGE
 
     from lobbyd.server import logs
