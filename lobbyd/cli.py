@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lobbyd import config as config_module
-from lobbyd.errors import ConfigError, StoreError
+from lobbyd.errors import ConfigError, StartupError, StoreError
 
 EXIT_START_FAILED = 1
 EXIT_USAGE = 2
@@ -145,14 +145,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run_server(config: config_module.Config) -> int:
     from lobbyd.server import logs
+    from lobbyd.server.activation import inherited_sockets
     from lobbyd.server.app import Server
+    from lobbyd.server.notify import Notifier, watchdog_interval
 
     log = logs.get("lobbyd.cli")
     try:
-        server = Server(config)
+        sockets = inherited_sockets()
+        server = Server(config, sockets=sockets, notifier=Notifier.from_environ(), watchdog_s=watchdog_interval())
     except ConfigError as exc:
-        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"lobbyd: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
     try:
         await server.start()
     except OSError as exc:
@@ -161,6 +167,9 @@ async def _run_server(config: config_module.Config) -> int:
         return EXIT_START_FAILED
     except StoreError as exc:
         print(f"lobbyd: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    except StartupError as exc:
+        print(f"lobbyd: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
 
     loop = asyncio.get_running_loop()

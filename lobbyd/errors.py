@@ -126,3 +126,7 @@ ERROR_CODES: tuple[str, ...] = (
     ServerFull.code,
     "internal",
 )
+
+
+class StartupError(LobbydError):
+    """The daemon cannot start: a listener cannot bind or a passed socket is unusable."""

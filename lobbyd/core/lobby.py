@@ -225,11 +225,13 @@ class Lobby:
 
     # Time.
 
-    def tick(self, now: float) -> list[fx.Effect]:
-        """Expire overdue ready checks, then form new matches in every queue."""
+    def tick(self, now: float, *, form_matches: bool = True) -> list[fx.Effect]:
+        """Expire overdue ready checks, then form new matches in every queue unless told not to."""
         effects: list[fx.Effect] = []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
+        if not form_matches:
+            return effects
         for name, rules in self.rules.items():
             for group in find_groups(self.queues[name].values(), rules, now):
                 effects.extend(self._propose(rules, group, now))

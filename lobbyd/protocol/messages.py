@@ -127,6 +127,8 @@ class MatchStart(_Message, tag="match_start", frozen=True):
 
 class Kicked(_Message, tag="kicked", frozen=True):
     reason: str
+    retry_after_ms: int | None = None
+    """How long to wait before reconnecting, sent with reason shutdown."""
 
 
 class Error(_Message, tag="error", frozen=True):

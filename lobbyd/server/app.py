@@ -1,28 +1,37 @@
 """The daemon's life: start, serve, shut down.
 
-``start`` opens the store and binds the listener. ``serve`` runs the long-lived
-tasks (matchmaker, flusher, cleanup) in one ``TaskGroup`` until ``request_stop``.
-Shutdown then stops accepting, stops taking queue entries, tells every client
-``kicked`` {reason ``shutdown``}, waits a bounded time for sessions and match starts
-to finish, cancels stragglers and logs how many, and flushes the store last.
+``start`` opens the store, binds the listener (or takes over the sockets systemd
+passed) and tells systemd it is ready. ``serve`` runs the long-lived tasks
+(matchmaker, flusher, cleanup, loop-lag probe, watchdog) in one ``TaskGroup`` until
+``request_stop``. Shutdown then stops accepting, stops taking queue entries and
+forming matches, lets running ready checks finish for a bounded time, tells every
+client ``kicked`` {reason ``shutdown``} with a randomly spread ``retry_after_ms``,
+waits a bounded time for sessions and match starts to finish, cancels stragglers
+and logs how many, and flushes the store last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import secrets
+import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import PlayerRecord
-from lobbyd.errors import StoreError
+from lobbyd.errors import ServerFull, StoreError
 from lobbyd.server import logs
+from lobbyd.server.activation import describe
 from lobbyd.server.matchmaker import MatchmakerLoop
+from lobbyd.server.metrics import Metrics
+from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
@@ -49,7 +58,20 @@ def open_store(config: Config) -> Store:
 
 
 class Server:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None = None,
+        *,
+        sockets: Sequence[socket.socket] = (),
+        notifier: Notifier | None = None,
+        watchdog_s: float | None = None,
+    ) -> None:
+        """Build the daemon; ``sockets`` are listening sockets passed by systemd, served instead of ``listen``.
+
+        ``notifier`` reports to systemd, and ``watchdog_s`` is the interval at which
+        it pings the watchdog; both come from the environment systemd sets.
+        """
         self.config = config
         self.limits = SessionLimits(
             max_frame=config.max_frame_bytes,
@@ -63,21 +85,30 @@ class Server:
         self.verifier = TokenVerifier(config.auth_settings())
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
+        self.metrics = Metrics()
         settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
         self.lobby = Lobby(config.queue_rules(), settings, new_match_id)
-        self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
+        self.persistence = Persistence(self.store, config.flush_interval_ms / 1000, self.metrics)
         self.matchmaker = MatchmakerLoop(
             self.lobby,
             self.registry,
             self.persistence,
             tick_interval=config.tick_interval_ms / 1000,
             send_timeout=config.send_timeout_ms / 1000,
+            metrics=self.metrics,
         )
+        self.metrics.observe(self)
+        self.notifier = notifier or Notifier()
+        self.watchdog_s = watchdog_s
         self.address: tuple[str, int] | None = None
-        self._listener: asyncio.Server | None = None
+        self.listen_addresses: list[str] = []
+        self._inherited = list(sockets)
+        self._listeners: list[asyncio.Server] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
+        # Spreads the reconnect hints of a shutdown; not security-relevant.
+        self._jitter = random.Random()
 
     # What sessions need (the SessionHost protocol).
 
@@ -90,6 +121,7 @@ class Server:
 
     def unregister(self, session: Session) -> None:
         self.registry.remove(session)
+        self.metrics.add_closed(session)
         self._per_address[session.address] -= 1
         if self._per_address[session.address] <= 0:
             del self._per_address[session.address]
@@ -107,26 +139,64 @@ class Server:
         await self.start()
         await self.serve()
 
+    @property
+    def draining(self) -> bool:
+        """True while ``join_queue`` is rejected: during a drain and a graceful stop."""
+        return self.matchmaker.draining
+
+    def status_line(self) -> str:
+        """Summarize what the daemon serves, for systemd's STATUS= and the admin socket."""
+        queued = sum(len(tickets) for tickets in self.lobby.queues.values())
+        started = sum(self.metrics.matches_started.values())
+        text = (
+            f"sessions: {len(self.registry)}, queued players: {queued}, "
+            f"ready checks: {len(self.lobby.checks)}, matches started: {started}"
+        )
+        return f"{text}, draining" if self.draining else text
+
     async def start(self) -> None:
-        """Open the store and bind the listener; raises OSError if the port is taken."""
+        """Open the store and listen, then tell systemd the daemon is ready.
+
+        Raises OSError if the port is taken.
+        """
         await self.store.open()
-        host, port = self.config.host_port
         try:
-            self._listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
+            await self._listen()
         except OSError:
+            await self._close_listeners()
             await self.store.close()
             raise
-        self.address = self._listener.sockets[0].getsockname()[:2]
         if self.verifier.dev_mode:
             detail = "no auth key is configured: any player id is accepted (development mode)"
             log.warning("auth_disabled", detail=detail)
         log.info(
             "server_started",
-            listen=f"{self.address[0]}:{self.address[1]}",
+            listen=self.listen_addresses,
+            socket_activated=bool(self._inherited),
             store=self.config.store,
             data_dir=self.config.data_dir,
             queues=sorted(self.lobby.rules),
         )
+        self.notifier.ready(self.status_line())
+
+    async def _listen(self) -> None:
+        if self._inherited:
+            # Listening again on a listening socket only sets its backlog, here to
+            # the Backlog= of the shipped lobbyd.socket.
+            for sock in self._inherited:
+                self._listeners.append(await asyncio.start_server(self._accept, sock=sock, backlog=4096))
+            log.info("listen_ignored", listen=self.config.listen, reason="listening on sockets passed by systemd")
+        else:
+            host, port = self.config.host_port
+            listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
+            self._listeners.append(listener)
+        sockets = [sock for listener in self._listeners for sock in listener.sockets]
+        self.address = sockets[0].getsockname()[:2]
+        self.listen_addresses = [describe(sock) for sock in sockets]
+
+    async def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""
@@ -138,7 +208,10 @@ class Server:
                 group.create_task(self.matchmaker.run()),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
+                group.create_task(self.metrics.watch_loop_lag()),
             ]
+            if self.notifier.enabled:
+                tasks.append(group.create_task(keep_alive(self.notifier, self.watchdog_s, self.status_line)))
             await self._stop.wait()
             await self._shut_down()
             for task in tasks:
@@ -146,6 +219,7 @@ class Server:
         await self._final_flush()
         await self.store.close()
         log.info("server_stopped")
+        self.notifier.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -156,6 +230,7 @@ class Server:
             if refusal is None:
                 await Session(reader, writer, self).run()
             else:
+                self.metrics.errors_sent[ServerFull.code] += 1
                 await refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
         finally:
             self._handlers.discard(task)
@@ -172,14 +247,18 @@ class Server:
         return None
 
     async def _shut_down(self) -> None:
+        log.info("shutdown_started", sessions=len(self.registry), ready_checks=len(self.lobby.checks))
+        self.notifier.stopping(f"stopping: {self.status_line()}")
+        await self._close_listeners()
+        self.matchmaker.draining = True
+        self.matchmaker.forming = False
+        await self._finish_ready_checks(self.config.shutdown_ready_check_wait_ms / 1000)
+
         started = time.monotonic()
         timeout = self.config.shutdown_timeout_ms / 1000
-        log.info("shutdown_started", sessions=len(self.registry))
-        if self._listener is not None:
-            self._listener.close()
-        self.matchmaker.draining = True
+        window = self.config.shutdown_retry_window_ms
         for session in self.registry:
-            session.kick("shutdown")
+            session.kick("shutdown", retry_after_ms=self._jitter.randint(0, window))
 
         stragglers = await _wait_bounded(self._handlers, timeout)
         for task in stragglers:
@@ -196,6 +275,29 @@ class Server:
             ms=round((time.monotonic() - started) * 1000),
         )
 
+    async def _finish_ready_checks(self, limit: float) -> None:
+        """Wait up to ``limit`` seconds for running ready checks and match starts to end.
+
+        No new matches form meanwhile, so each check ends by its players' answers or
+        its deadline, and a started match reaches its players before they are kicked.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        waited_for = len(self.lobby.checks)
+        # Checks end inside the lobby's synchronous calls, which signal nothing, so this
+        # polls once per tick, the interval at which expiries are applied anyway.
+        while (self.lobby.checks or self.matchmaker.starts) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(min(self.matchmaker.tick_interval, deadline - loop.time()))
+        if self.lobby.checks or self.matchmaker.starts:
+            log.warning(
+                "shutdown_ready_checks_unfinished",
+                ready_checks=len(self.lobby.checks),
+                starts=len(self.matchmaker.starts),
+                limit_ms=round(limit * 1000),
+            )
+        elif waited_for:
+            log.info("shutdown_ready_checks_finished", ready_checks=waited_for)
+
     async def _final_flush(self) -> None:
         try:
             written = await self.persistence.flush()
@@ -205,9 +307,9 @@ class Server:
         log.info("final_flush_done", records=written)
 
     async def _cleanup_loop(self) -> None:
-        interval = self.config.cleanup_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
+            # Read on every round, so that a reload's new interval applies.
+            await asyncio.sleep(self.config.cleanup_interval_ms / 1000)
             self.cleanup()
 
     def cleanup(self) -> None:

@@ -17,6 +17,7 @@ from typing import Final
 from lobbyd.core.model import MatchRecord, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
+from lobbyd.server.metrics import Metrics
 from lobbyd.store.base import Store
 
 # Retries after a failed flush wait 0.1 s, doubling up to this bound, so a store
@@ -27,9 +28,10 @@ log = logs.get(__name__)
 
 
 class Persistence:
-    def __init__(self, store: Store, interval: float) -> None:
+    def __init__(self, store: Store, interval: float, metrics: Metrics | None = None) -> None:
         self.store = store
         self.interval = interval
+        self.metrics = metrics or Metrics()
         self._lock = asyncio.Lock()
         self._players: dict[str, PlayerRecord] = {}
         self._matches: dict[str, MatchRecord] = {}
@@ -76,7 +78,10 @@ class Persistence:
                 raise
             self.flushes += 1
             count = len(players) + len(matches)
-            log.debug("flush_done", records=count, ms=round((time.perf_counter() - started) * 1000, 2))
+            elapsed = time.perf_counter() - started
+            self.metrics.flush_seconds.observe(elapsed)
+            self.metrics.flush_records.observe(count)
+            log.debug("flush_done", records=count, ms=round(elapsed * 1000, 2))
             return count
 
     async def run(self) -> None:

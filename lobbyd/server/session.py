@@ -41,6 +41,7 @@ from lobbyd.errors import (
 from lobbyd.protocol.codec import Codec, Framing
 from lobbyd.protocol.messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Kicked, Ping, Pong, ServerMessage
 from lobbyd.server import logs
+from lobbyd.server.metrics import Metrics
 from lobbyd.server.ratelimit import TokenBucket
 from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
@@ -68,6 +69,7 @@ class SessionHost(Protocol):
 
     limits: SessionLimits
     verifier: TokenVerifier
+    metrics: Metrics
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
@@ -99,6 +101,11 @@ class Session:
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.log: Any = log.bind(session=self.id, peer=self.peer)
+        # Traffic counters for metrics: plain ints, bumped once per read or write batch.
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
     def framing(self) -> Framing:
@@ -151,9 +158,9 @@ class Session:
         else:
             self._transport.close()
 
-    def kick(self, reason: str) -> None:
-        """Tell the client why it is being disconnected, then close."""
-        self.send(Kicked(reason=reason))
+    def kick(self, reason: str, retry_after_ms: int | None = None) -> None:
+        """Tell the client why it is being disconnected, and when to come back, then close."""
+        self.send(Kicked(reason=reason, retry_after_ms=retry_after_ms))
         self.close(reason)
 
     # Output.
@@ -162,11 +169,18 @@ class Session:
         """Queue ``message`` for writing; return False if the session cannot take it."""
         if not self.open:
             return False
+        self.frames_out += 1
+        if type(message) is Error:
+            self._host.metrics.errors_sent[message.code] += 1
         return self._write(self._codec.encode(message))
 
     def send_many(self, messages: list[ServerMessage]) -> bool:
         if not self.open:
             return False
+        self.frames_out += len(messages)
+        for message in messages:
+            if type(message) is Error:
+                self._host.metrics.errors_sent[message.code] += 1
         return self._write(b"".join(self._codec.encode(message) for message in messages))
 
     async def drain(self) -> None:
@@ -174,6 +188,7 @@ class Session:
         await self._writer.drain()
 
     def _write(self, data: bytes) -> bool:
+        self.bytes_out += len(data)
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._host.limits.max_outgoing:
             self.log.warning("slow_consumer", buffered=self._transport.get_write_buffer_size())
@@ -189,6 +204,7 @@ class Session:
             if not data:
                 self.close_reason = self.close_reason or "peer_closed"
                 return
+            self.bytes_in += len(data)
             if self.state is SessionState.CLOSED:
                 return
             self._codec.receive_data(data)
@@ -217,6 +233,7 @@ class Session:
                 continue
             if message is None:
                 return True
+            self.frames_in += 1
             now = self._loop.time()
             self._last_active = now
             if not self._bucket.take(now):

@@ -92,6 +92,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         ratings=[[1620, 1540, 1500, 1460, 1380], [1600, 1560, 1490, 1450, 1400]],
     ),
     "kicked_shutdown": m.Kicked(reason="shutdown"),
+    "kicked_shutdown_retry": m.Kicked(reason="shutdown", retry_after_ms=4180),
     "kicked_logged_in_elsewhere": m.Kicked(reason="logged_in_elsewhere"),
     "kicked_heartbeat_timeout": m.Kicked(reason="heartbeat_timeout"),
     "kicked_hello_timeout": m.Kicked(reason="hello_timeout"),
