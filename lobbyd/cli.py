@@ -138,21 +138,27 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_run_server(config))
+        return uvloop.run(_run_server(config, args.config, overrides))
     except KeyboardInterrupt:
         return 130
 
 
-async def _run_server(config: config_module.Config) -> int:
+async def _run_server(config: config_module.Config, path: Path | None, overrides: dict[str, Any]) -> int:
     from lobbyd.server import logs
     from lobbyd.server.activation import inherited_sockets
     from lobbyd.server.app import Server
     from lobbyd.server.notify import Notifier, watchdog_interval
+    from lobbyd.server.reload import ConfigSource
 
     log = logs.get("lobbyd.cli")
     try:
-        sockets = inherited_sockets()
-        server = Server(config, sockets=sockets, notifier=Notifier.from_environ(), watchdog_s=watchdog_interval())
+        server = Server(
+            config,
+            sockets=inherited_sockets(),
+            notifier=Notifier.from_environ(),
+            watchdog_s=watchdog_interval(),
+            source=ConfigSource(path, overrides),
+        )
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_USAGE
@@ -186,5 +192,6 @@ async def _run_server(config: config_module.Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     await server.serve()
     return 0

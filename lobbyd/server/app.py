@@ -1,9 +1,9 @@
 """The daemon's life: start, serve, shut down.
 
-``start`` opens the store, binds the listener (or takes over the sockets systemd
-passed) and tells systemd it is ready. ``serve`` runs the long-lived tasks
-(matchmaker, flusher, cleanup, loop-lag probe, watchdog) in one ``TaskGroup`` until
-``request_stop``. Shutdown then stops accepting, stops taking queue entries and
+``start`` opens the store and binds the listener, or takes over the sockets systemd
+passed. ``serve`` tells systemd the daemon is ready and runs the long-lived tasks
+(matchmaker, flusher, cleanup, reloader, loop-lag probe, watchdog) in one
+``TaskGroup`` until ``request_stop``. Shutdown then stops accepting, stops taking queue entries and
 forming matches, lets running ready checks finish for a bounded time, tells every
 client ``kicked`` {reason ``shutdown``} with a randomly spread ``retry_after_ms``,
 waits a bounded time for sessions and match starts to finish, cancels stragglers
@@ -35,6 +35,7 @@ from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
+from lobbyd.server.reload import ConfigSource, Reloader
 from lobbyd.server.requests import Request
 from lobbyd.server.session import Session, SessionLimits
 from lobbyd.store.base import Store
@@ -66,22 +67,16 @@ class Server:
         sockets: Sequence[socket.socket] = (),
         notifier: Notifier | None = None,
         watchdog_s: float | None = None,
+        source: ConfigSource | None = None,
     ) -> None:
         """Build the daemon; ``sockets`` are listening sockets passed by systemd, served instead of ``listen``.
 
         ``notifier`` reports to systemd, and ``watchdog_s`` is the interval at which
         it pings the watchdog; both come from the environment systemd sets.
+        ``source`` is where ``config`` came from, read again by a reload.
         """
         self.config = config
-        self.limits = SessionLimits(
-            max_frame=config.max_frame_bytes,
-            max_outgoing=config.max_outgoing_bytes,
-            hello_timeout=config.hello_timeout_ms / 1000,
-            heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
-            frame_timeout=config.frame_timeout_ms / 1000,
-            rate_per_s=config.rate_limit_per_s,
-            rate_burst=config.rate_limit_burst,
-        )
+        self.limits = session_limits(config)
         self.verifier = TokenVerifier(config.auth_settings())
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
@@ -98,6 +93,7 @@ class Server:
             metrics=self.metrics,
         )
         self.metrics.observe(self)
+        self.reloader = Reloader(self, source or ConfigSource())
         self.notifier = notifier or Notifier()
         self.watchdog_s = watchdog_s
         self.address: tuple[str, int] | None = None
@@ -155,10 +151,7 @@ class Server:
         return f"{text}, draining" if self.draining else text
 
     async def start(self) -> None:
-        """Open the store and listen, then tell systemd the daemon is ready.
-
-        Raises OSError if the port is taken.
-        """
+        """Open the store and listen; raises OSError if the port is taken."""
         await self.store.open()
         try:
             await self._listen()
@@ -177,7 +170,6 @@ class Server:
             data_dir=self.config.data_dir,
             queues=sorted(self.lobby.rules),
         )
-        self.notifier.ready(self.status_line())
 
     async def _listen(self) -> None:
         if self._inherited:
@@ -202,7 +194,44 @@ class Server:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Re-read the configuration soon; safe to call from a signal handler. Ignored once stopping."""
+        if self._stop.is_set():
+            log.info("config_reload_ignored", reason="the server is shutting down")
+            return
+        self.reloader.request()
+
+    def apply_config(self, config: Config, verifier: TokenVerifier) -> None:
+        """Switch every running part to ``config`` in one synchronous step.
+
+        Sessions, tickets and ready checks stay. Limits apply to each session's next
+        check; the frame size and rate limit apply to connections opened from now on.
+        """
+        self.config = config
+        self.limits = session_limits(config)
+        self.verifier = verifier
+        self.lobby.settings = dataclasses.replace(
+            self.lobby.settings,
+            ready_timeout=config.ready_check_timeout_ms / 1000,
+            heartbeat_ms=config.heartbeat_interval_ms,
+            dev_mode=verifier.dev_mode,
+        )
+        self.matchmaker.apply(self.lobby.replace_rules(config.queue_rules(), time.time()))
+        self.matchmaker.tick_interval = config.tick_interval_ms / 1000
+        self.matchmaker.send_timeout = config.send_timeout_ms / 1000
+        self.persistence.interval = config.flush_interval_ms / 1000
+        logs.set_level(config.log_level)
+        if verifier.dev_mode:
+            log.warning("auth_disabled", detail="no auth key is configured: any player id is accepted")
+
     async def serve(self) -> None:
+        """Tell systemd the daemon is ready, then run until ``request_stop`` and shut down.
+
+        READY=1 goes out here rather than at the end of ``start`` so that the caller
+        can install its signal handlers in between: systemd sends SIGHUP for a reload
+        as soon as the service is ready.
+        """
+        self.notifier.ready(self.status_line())
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self.matchmaker.run()),
@@ -210,6 +239,7 @@ class Server:
                 group.create_task(self._cleanup_loop()),
                 group.create_task(self.metrics.watch_loop_lag()),
             ]
+            tasks.append(group.create_task(self.reloader.run()))
             if self.notifier.enabled:
                 tasks.append(group.create_task(keep_alive(self.notifier, self.watchdog_s, self.status_line)))
             await self._stop.wait()
@@ -323,6 +353,18 @@ class Server:
             self.matchmaker.apply(self.lobby.disconnect(session_id, now))
         dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
         log.info("cleanup_done", dropped=dropped, players=len(self.lobby.players), sessions=len(self.registry))
+
+
+def session_limits(config: Config) -> SessionLimits:
+    return SessionLimits(
+        max_frame=config.max_frame_bytes,
+        max_outgoing=config.max_outgoing_bytes,
+        hello_timeout=config.hello_timeout_ms / 1000,
+        heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
+        frame_timeout=config.frame_timeout_ms / 1000,
+        rate_per_s=config.rate_limit_per_s,
+        rate_burst=config.rate_limit_burst,
+    )
 
 
 async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:

@@ -71,6 +71,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     "pong_rid": m.Pong(rid=2),
     "queued": m.Queued(queue="1v1", rid=3),
     "left_queue": m.LeftQueue(queue="1v1", rid=4),
+    "left_queue_removed": m.LeftQueue(queue="2v2", reason="queue_removed"),
     "match_found": m.MatchFound(match=MATCH, queue="1v1", players=2, accept_ms=10_000),
     "accepted": m.Accepted(match=MATCH, rid=5),
     "match_cancelled_requeued": m.MatchCancelled(match=MATCH, reason="declined", requeued=True),
