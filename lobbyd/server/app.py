@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import secrets
 import socket
@@ -23,14 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lobbyd.auth import TokenVerifier
-from lobbyd.config import Config
+from lobbyd.config import Config, parse_listen
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import PlayerRecord
-from lobbyd.errors import ServerFull, StoreError
+from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
 from lobbyd.server.activation import describe
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.metrics import Metrics
+from lobbyd.server.metrics_http import start_metrics_server
 from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.refusal import refuse_connection
@@ -100,6 +102,8 @@ class Server:
         self.listen_addresses: list[str] = []
         self._inherited = list(sockets)
         self._listeners: list[asyncio.Server] = []
+        self._operations: list[asyncio.Server] = []
+        self.metrics_address: str | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -151,12 +155,17 @@ class Server:
         return f"{text}, draining" if self.draining else text
 
     async def start(self) -> None:
-        """Open the store and listen; raises OSError if the port is taken."""
+        """Open the store and listen; raises OSError if the port is taken.
+
+        Raises ``StartupError`` when the metrics endpoint cannot listen.
+        """
         await self.store.open()
         try:
             await self._listen()
-        except OSError:
+            await self._open_operations()
+        except (OSError, StartupError):
             await self._close_listeners()
+            self._close_operations()
             await self.store.close()
             raise
         if self.verifier.dev_mode:
@@ -189,6 +198,24 @@ class Server:
     async def _close_listeners(self) -> None:
         for listener in self._listeners:
             listener.close()
+
+    async def _open_operations(self) -> None:
+        """Open the listeners for operators: the metrics endpoint, when configured."""
+        if self.config.metrics_listen:
+            host, port = parse_listen(self.config.metrics_listen)
+            try:
+                endpoint = await start_metrics_server(self.metrics.registry, host, port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                msg = f"cannot listen for metrics on {self.config.metrics_listen}: {reason}"
+                raise StartupError(msg) from None
+            self._operations.append(endpoint)
+            self.metrics_address = describe(endpoint.sockets[0])
+            log.info("metrics_listening", address=self.metrics_address)
+
+    def _close_operations(self) -> None:
+        for endpoint in self._operations:
+            endpoint.close()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""
@@ -248,6 +275,7 @@ class Server:
                 task.cancel()
         await self._final_flush()
         await self.store.close()
+        self._close_operations()
         log.info("server_stopped")
         self.notifier.close()
 
