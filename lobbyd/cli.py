@@ -1,4 +1,4 @@
-"""Command line: ``lobbyd serve``, ``check-config``, ``client``, ``token`` and ``sim``.
+"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token`` and ``sim``.
 
 Operator mistakes end in one line on stderr and an exit code, never a traceback:
 2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lobbyd import admin_cli
 from lobbyd import config as config_module
 from lobbyd.errors import ConfigError, StartupError, StoreError
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="check a TOML configuration file and list every problem")
     check.add_argument("file", type=Path, help="the TOML file to check")
 
+    admin_help = "query or steer a running daemon: status, queues, player, kick, drain, log-level"
+    admin_cli.add_arguments(commands.add_parser("admin", help=admin_help))
+
     sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
     sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
     sim.add_argument(
@@ -84,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "admin":
+        return admin_cli.run_cli(args)
     if args.command == "client":
         from lobbyd.client_cli import run_cli as run_client
 

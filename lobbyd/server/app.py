@@ -30,6 +30,7 @@ from lobbyd.core.model import PlayerRecord
 from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
 from lobbyd.server.activation import describe
+from lobbyd.server.admin import AdminServer, socket_path
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.metrics import Metrics
 from lobbyd.server.metrics_http import start_metrics_server
@@ -104,6 +105,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._operations: list[asyncio.Server] = []
         self.metrics_address: str | None = None
+        self.admin = AdminServer(self, socket_path(config))
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
@@ -157,7 +159,7 @@ class Server:
     async def start(self) -> None:
         """Open the store and listen; raises OSError if the port is taken.
 
-        Raises ``StartupError`` when the metrics endpoint cannot listen.
+        Raises ``StartupError`` when the admin socket or the metrics endpoint cannot listen.
         """
         await self.store.open()
         try:
@@ -200,7 +202,8 @@ class Server:
             listener.close()
 
     async def _open_operations(self) -> None:
-        """Open the listeners for operators: the metrics endpoint, when configured."""
+        """Open the listeners for operators: the admin socket, and the metrics endpoint when configured."""
+        await self.admin.open()
         if self.config.metrics_listen:
             host, port = parse_listen(self.config.metrics_listen)
             try:
@@ -214,6 +217,7 @@ class Server:
             log.info("metrics_listening", address=self.metrics_address)
 
     def _close_operations(self) -> None:
+        self.admin.close()
         for endpoint in self._operations:
             endpoint.close()
 
