@@ -21,7 +21,7 @@ from lobbyd.client import LobbyClient
 from lobbyd.errors import StartupError
 from lobbyd.server.admin import _bind_private
 from tests.conftest import ClientFactory, RunningServer, ServerFactory
-from tests.daemon import DaemonProcess, running_daemon
+from tests.daemon import DaemonProcess, free_port, running_daemon
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -198,6 +198,21 @@ def test_log_level_applies(socket_path: Path, daemon: DaemonProcess) -> None:
     assert flushed["level"] == "debug"
     assert restored == {"log_level": "info"}
     assert admin_json(socket_path, "status")["log_level"] == "info"
+
+
+@pytest.mark.slow
+def test_second_daemon_on_same_socket_exits(socket_path: Path) -> None:
+    command = [sys.executable, "-m", "lobbyd", "serve", "--listen", f"127.0.0.1:{free_port()}"]
+    command += ["--data-dir", str(socket_path.parent)]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"lobbyd: admin socket {socket_path} is in use by another lobbyd: "
+        "stop it, or give this one its own data_dir\n"
+    )
+    assert stat.S_ISSOCK(socket_path.stat().st_mode)
 
 
 @pytest.mark.slow

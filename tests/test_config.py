@@ -252,3 +252,19 @@ def test_check_config_command_accepts_valid(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout == f"{path}: ok\n"
     assert done.stderr == ""
+
+
+@pytest.mark.slow
+def test_serve_lists_every_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, BROKEN)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lobbyd", "serve", "--config", str(path), "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"lobbyd: invalid configuration: {problem}" for problem in check_file(path)]

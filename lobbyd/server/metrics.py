@@ -3,8 +3,9 @@
 Two kinds of numbers, chosen by how often they change:
 
 * Per-frame numbers (frames and bytes in and out) are plain ``int`` attributes of
-  each ``Session``, bumped once per read or write batch. Closed sessions add theirs
-  to this module's totals. Nothing on that path takes a lock or looks up a label.
+  each ``Session``: bytes are added once per read or write call, frames once per
+  message. Closed sessions add theirs to this module's totals. Nothing on that path
+  takes a lock or looks up a label.
 * Everything else that counts (matches, ready-check outcomes, errors, reloads) is a
   plain ``collections.Counter`` here, and gauges (sessions, queue sizes) are read
   from the live state. A custom collector turns both into metric families when
