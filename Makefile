@@ -36,3 +36,34 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Install as a systemd service: a virtual environment under PREFIX, the units, a
+# default configuration and the state directory. Every path can be overridden,
+# and DESTDIR stages the whole tree elsewhere: make install DESTDIR=/tmp/stage
+DESTDIR    ?=
+PREFIX     ?= /opt/lobbyd
+SYSCONFDIR ?= /etc/lobbyd
+UNITDIR    ?= /etc/systemd/system
+STATEDIR   ?= /var/lib/lobbyd
+INSTALL    := DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" \
+              STATEDIR="$(STATEDIR)" PYTHON="$(PYTHON)" sh systemd/install.sh
+
+.PHONY: install install-venv install-units install-config install-state uninstall
+
+install: install-venv install-units install-config install-state
+	$(INSTALL) system
+
+install-venv:
+	$(INSTALL) venv
+
+install-units:
+	$(INSTALL) units
+
+install-config:
+	$(INSTALL) config
+
+install-state:
+	$(INSTALL) state
+
+uninstall:
+	$(INSTALL) uninstall

@@ -1,4 +1,4 @@
-"""Command line: ``lobbyd serve``, ``lobbyd client`` and ``lobbyd sim``.
+"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token`` and ``sim``.
 
 Operator mistakes end in one line on stderr and an exit code, never a traceback:
 2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lobbyd import admin_cli
 from lobbyd import config as config_module
-from lobbyd.errors import ConfigError, StoreError
+from lobbyd.errors import ConfigError, StartupError, StoreError
 
 EXIT_START_FAILED = 1
 EXIT_USAGE = 2
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--player", required=True, help="player id to put in the token's sub claim")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (default 3600)")
     token.add_argument("--private-key", help="PEM Ed25519 or P-256 private key, instead of the HS256 secret")
+
+    check = commands.add_parser("check-config", help="check a TOML configuration file and list every problem")
+    check.add_argument("file", type=Path, help="the TOML file to check")
+
+    admin_help = "query or steer a running daemon: status, queues, player, kick, drain, log-level"
+    admin_cli.add_arguments(commands.add_parser("admin", help=admin_help))
 
     sim = commands.add_parser("sim", help="run N bot players against a daemon and report")
     sim.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
@@ -96,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "token":
         return _token(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "admin":
+        return admin_cli.run_cli(args)
     if args.command == "client":
         from lobbyd.client_cli import run_cli as run_client
 
@@ -117,6 +128,21 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    problems = config_module.check_file(args.file)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for line in str(exc).splitlines():
+        print(f"lobbyd: invalid configuration: {line}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.listen is not None:
@@ -126,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_module.load(args.config, overrides=overrides)
     except ConfigError as exc:
-        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return EXIT_USAGE
 
     from lobbyd.server import logs
@@ -135,21 +161,33 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_run_server(config))
+        return uvloop.run(_run_server(config, args.config, overrides))
     except KeyboardInterrupt:
         return 130
 
 
-async def _run_server(config: config_module.Config) -> int:
+async def _run_server(config: config_module.Config, path: Path | None, overrides: dict[str, Any]) -> int:
     from lobbyd.server import logs
+    from lobbyd.server.activation import inherited_sockets
     from lobbyd.server.app import Server
+    from lobbyd.server.notify import Notifier, watchdog_interval
+    from lobbyd.server.reload import ConfigSource
 
     log = logs.get("lobbyd.cli")
     try:
-        server = Server(config)
+        server = Server(
+            config,
+            sockets=inherited_sockets(),
+            notifier=Notifier.from_environ(),
+            watchdog_s=watchdog_interval(),
+            source=ConfigSource(path, overrides),
+        )
     except ConfigError as exc:
-        print(f"lobbyd: invalid configuration: {exc}", file=sys.stderr)
+        _print_config_error(exc)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"lobbyd: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
     try:
         await server.start()
     except OSError as exc:
@@ -158,6 +196,9 @@ async def _run_server(config: config_module.Config) -> int:
         return EXIT_START_FAILED
     except StoreError as exc:
         print(f"lobbyd: cannot open the store: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    except StartupError as exc:
+        print(f"lobbyd: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
 
     loop = asyncio.get_running_loop()
@@ -174,5 +215,6 @@ async def _run_server(config: config_module.Config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     await server.serve()
     return 0

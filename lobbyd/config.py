@@ -1,22 +1,25 @@
 """Daemon settings: embedded defaults, then a TOML file, then LOBBYD_* variables, then flags.
 
-Each later source overrides the earlier one key by key. Every problem is reported as
-a ``ConfigError`` whose message starts with where the bad value came from and its key,
-for example ``lobbyd.toml:tick_interval_ms: expected int >= 10, got 0``.
+Each later source overrides the earlier one key by key. Each setting is checked on
+its own, so ``InvalidConfig`` lists every problem, each starting with where the bad
+value came from and its key, for example
+``lobbyd.toml:tick_interval_ms: expected `int` >= 10, got 0``.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings
+from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings, TokenVerifier
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
@@ -163,6 +166,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Sigmas subtracted from mu in the displayed and matched rating."""
 
     static_game_servers: list[StaticGameServer] = msgspec.field(default_factory=list)
+    # Operations: graceful stop, the Prometheus endpoint and the admin socket.
+    shutdown_ready_check_wait_ms: Milliseconds = 10_000
+    """How long a graceful stop lets running ready checks finish before it kicks every client."""
+
+    shutdown_retry_window_ms: Milliseconds = 10_000
+    """The retry_after_ms hints sent with kicked {reason shutdown} are spread evenly over this window."""
+
+    metrics_listen: str = ""
+    """Loopback HOST:PORT of the Prometheus metrics endpoint; empty turns it off."""
+
+    admin_socket: str = ""
+    """Path of the admin Unix socket; empty means admin.sock in data_dir."""
 
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
@@ -253,28 +268,76 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+class InvalidConfig(ConfigError):
+    """Invalid settings; ``problems`` contains every one, each as ``SOURCE:KEY: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 def load(
     path: Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the configuration from the defaults, ``path``, ``environ`` and ``overrides``."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        raw.update(_read_toml(path))
-        source = str(path)
-    config = _convert(raw, source)
+    """Build the configuration from the defaults, ``path``, ``environ`` and ``overrides``.
 
+    Raises ``InvalidConfig`` listing every problem of every source, not just the first.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((str(path), _read_toml(path)))
     env = _from_environ(os.environ if environ is None else environ)
     if env:
-        config = _convert({**raw, **env}, "environment")
-        raw.update(env)
+        layers.append(("environment", env))
     if overrides:
-        config = _convert({**raw, **overrides}, "command line")
-    _check(config, source)
+        layers.append(("command line", dict(overrides)))
+
+    # Rules between settings are checked on the valid settings alone, so that they
+    # are reported alongside the bad values rather than after those are fixed.
+    problems: list[str] = []
+    merged: dict[str, Any] = {}
+    for source, raw in layers:
+        layer_problems, valid = _layer_problems(raw, source)
+        problems += layer_problems
+        merged.update(valid)
+    config = _convert(merged)
+    problems += [f"{_source_of(key, layers)}:{key}: {message}" for key, message in _cross_problems(config)]
+    if problems:
+        raise InvalidConfig(problems)
     return config
+
+
+def check_file(path: Path) -> list[str]:
+    """Return every problem of the TOML file at ``path`` alone, as ``FILE:KEY: message`` lines.
+
+    Besides each value, this checks what the daemon checks at start: the rules that
+    span settings, and that the auth key files exist and hold a usable key.
+    """
+    try:
+        config = load(path, environ={})
+    except InvalidConfig as exc:
+        return exc.problems
+    except ConfigError as exc:
+        return [str(exc)]
+    try:
+        TokenVerifier(config.auth_settings())
+    except ConfigError as exc:
+        return [f"{path}:{_with_auth_key(str(exc), config)}"]
+    return []
+
+
+def _with_auth_key(message: str, config: Config) -> str:
+    """Prefix an auth error with the setting it concerns, unless it names one already."""
+    named, sep, _ = message.partition(": ")
+    if sep and named in Config.__struct_fields__:
+        return message
+    for key in ("auth_secret_file", "auth_secret", "auth_public_key_file"):
+        if getattr(config, key):
+            return f"{key}: {message}"
+    return f"auth_required: {message}"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -302,30 +365,95 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def _convert(raw: Mapping[str, Any], source: str) -> Config:
-    settings = dict(raw)
-    queues = settings.pop("queues", None)
+def _layer_problems(raw: Mapping[str, Any], source: str) -> tuple[list[str], dict[str, Any]]:
+    """Check each setting of one source on its own, so that one bad value hides no other.
+
+    Returns the problems and the settings that passed.
+    """
+    problems = []
+    valid = {}
+    for key, value in raw.items():
+        if key == "queues":
+            found = [f"{source}:{problem}" for problem in _queues_problems(value)]
+        elif key not in Config.__struct_fields__:
+            found = [f"{source}:{key}: unknown setting{_suggestion(key, _SCALAR_KEYS)}"]
+        else:
+            found = _value_problems(source, key, value, Config, "")
+        problems += found
+        if not found:
+            valid[key] = value
+    return problems, valid
+
+
+def _value_problems(source: str, key: str, value: Any, struct: type[Any], prefix: str) -> list[str]:
     # strict=False lets "500" from an environment variable become the int 500.
     try:
-        config = msgspec.convert(settings, Config, strict=False)
+        converted = msgspec.convert({key: value}, struct, strict=False)
     except msgspec.ValidationError as exc:
-        msg = f"{source}:{_explain(str(exc), '')}"
-        raise ConfigError(msg) from None
+        return [f"{source}:{_explain(str(exc), prefix)}"]
+    check = _TEXT_CHECKS.get(key) if struct is Config else None
+    if check is None:
+        return []
+    return [f"{source}:{key}: {message}" for message in check(getattr(converted, key))]
+
+
+def _queues_problems(queues: object) -> list[str]:
+    if not isinstance(queues, dict):
+        return [f"queues: expected a table of queues, got {type(queues).__name__}"]
+    if not queues:
+        return ["queues: at least one queue is required"]
+    problems = []
+    for name, table in queues.items():
+        problems += _queue_problems(str(name), table)
+    return problems
+
+
+def _queue_problems(name: str, table: object) -> list[str]:
+    key = f"queues.{name}"
+    problems = []
+    if len(name) > MAX_ID_LENGTH or not _QUEUE_NAME.match(name):
+        problems.append(f"{key}: a queue name is 1 to {MAX_ID_LENGTH} of A-Z a-z 0-9 _ . -")
+    if not isinstance(table, dict):
+        return [*problems, f"{key}: expected a table, got {type(table).__name__}"]
+    field_problems = []
+    for field, value in table.items():
+        if field not in QueueConfig.__struct_fields__:
+            hint = _suggestion(field, QueueConfig.__struct_fields__)
+            field_problems.append(f"{key}.{field}: unknown queue setting{hint}")
+        else:
+            field_problems += [p.removeprefix(":") for p in _value_problems("", field, value, QueueConfig, key)]
+    problems += field_problems
+    if field_problems:
+        return problems
+    queue = msgspec.convert(table, QueueConfig, strict=False)
+    if queue.window_max < queue.window_start:
+        problems.append(f"{key}.window_max: {queue.window_max} is below window_start ({queue.window_start})")
+    return problems
+
+
+def _suggestion(key: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _convert(raw: Mapping[str, Any]) -> Config:
+    """Build a Config from settings that each passed ``_layer_problems``."""
+    settings = dict(raw)
+    queues = settings.pop("queues", None)
+    config = msgspec.convert(settings, Config, strict=False)
     if queues is None:
         return config
-    if not isinstance(queues, dict):
-        msg = f"{source}:queues: expected a table of queues, got {type(queues).__name__}"
-        raise ConfigError(msg)
-    converted = {name: _convert_queue(name, value, source) for name, value in queues.items()}
+    converted = {name: msgspec.convert(value, QueueConfig, strict=False) for name, value in queues.items()}
     return msgspec.structs.replace(config, queues=converted)
 
 
-def _convert_queue(name: str, raw: object, source: str) -> QueueConfig:
-    try:
-        return msgspec.convert(raw, QueueConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        msg = f"{source}:{_explain(str(exc), f'queues.{name}')}"
-        raise ConfigError(msg) from None
+def _source_of(key: str, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """Name the last source that set ``key``, where a rule between settings broke."""
+    top = key.split(".")[0].split("[")[0]
+    for name, settings in layers[::-1]:
+        if top in settings:
+            return name
+    return "defaults"
 
 
 def _explain(message: str, prefix: str) -> str:
@@ -342,53 +470,43 @@ def _explain(message: str, prefix: str) -> str:
     return f"{key}: {message[:1].lower() + message[1:]}"
 
 
-def _check(config: Config, source: str) -> None:
-    try:
-        parse_listen(config.listen)
-    except ConfigError as exc:
-        msg = f"{source}:{exc}"
-        raise ConfigError(msg) from None
+def _cross_problems(config: Config) -> list[tuple[str, str]]:
+    """Return (key, message) for each rule between settings that fails."""
+    problems = []
     if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:
-        msg = (
-            f"{source}:heartbeat_timeout_ms: {config.heartbeat_timeout_ms} must be greater than "
-            f"heartbeat_interval_ms ({config.heartbeat_interval_ms}), or idle clients are cut off"
+        problems.append(
+            (
+                "heartbeat_timeout_ms",
+                f"{config.heartbeat_timeout_ms} must be greater than heartbeat_interval_ms "
+                f"({config.heartbeat_interval_ms}), or idle clients are cut off",
+            )
         )
-        raise ConfigError(msg)
-    if not config.queues:
-        msg = f"{source}:queues: at least one queue is required"
-        raise ConfigError(msg)
-    for name, queue in config.queues.items():
-        if len(name) > MAX_ID_LENGTH or not _QUEUE_NAME.match(name):
-            msg = f"{source}:queues.{name}: a queue name is 1 to {MAX_ID_LENGTH} of A-Z a-z 0-9 _ . -"
-            raise ConfigError(msg)
-        if queue.window_max < queue.window_start:
-            msg = f"{source}:queues.{name}.window_max: {queue.window_max} is below window_start ({queue.window_start})"
-            raise ConfigError(msg)
-    _check_static_servers(config, source)
+    problems += _static_server_problems(config)
     try:
         config.hosting_settings()
     except ConfigError as exc:
-        msg = f"{source}:{exc}"
-        raise ConfigError(msg) from None
+        key, _, message = str(exc).partition(": ")
+        problems.append((key, message))
+    return problems
 
 
-def _check_static_servers(config: Config, source: str) -> None:
+def _static_server_problems(config: Config) -> list[tuple[str, str]]:
+    problems = []
     addresses: set[str] = set()
     for index, entry in enumerate(config.static_game_servers):
-        where = f"{source}:static_game_servers[{index}]"
+        where = f"static_game_servers[{index}]"
         try:
             parse_listen(entry.address)
         except ConfigError:
-            msg = f"{where}.address: expected HOST:PORT, got {entry.address!r}"
-            raise ConfigError(msg) from None
+            problems.append((f"{where}.address", f"expected HOST:PORT, got {entry.address!r}"))
+            continue
         if entry.address in addresses:
-            msg = f"{where}.address: {entry.address} is listed twice"
-            raise ConfigError(msg)
+            problems.append((f"{where}.address", f"{entry.address} is listed twice"))
         addresses.add(entry.address)
         unknown = sorted(set(entry.queues) - set(config.queues))
         if unknown or not entry.queues:
-            msg = f"{where}.queues: expected names of configured queues, got {entry.queues!r}"
-            raise ConfigError(msg)
+            problems.append((f"{where}.queues", f"expected names of configured queues, got {entry.queues!r}"))
+    return problems
 
 
 def _read_secret(key: str, value: str | None, path: str | None) -> bytes | None:
@@ -407,3 +525,38 @@ def _read_secret(key: str, value: str | None, path: str | None) -> bytes | None:
         msg = f"{key}: the secret is {len(encoded)} bytes long; use at least {MIN_SECRET_BYTES} random bytes"
         raise ConfigError(msg)
     return encoded
+
+
+def _listen_problems(value: str) -> list[str]:
+    try:
+        parse_listen(value)
+    except ConfigError as exc:
+        return [str(exc).removeprefix("listen: ")]
+    return []
+
+
+def _metrics_listen_problems(value: str) -> list[str]:
+    if not value:
+        return []
+    try:
+        host, _ = parse_listen(value)
+    except ConfigError as exc:
+        return [str(exc).removeprefix("listen: ")]
+    if host == "localhost":
+        return []
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return []
+    # The endpoint has no authentication, so it stays on this host; a scraper
+    # elsewhere reaches it through a proxy or tunnel that adds access control.
+    return [f"{host!r} is not a loopback address: use 127.0.0.1, [::1] or localhost"]
+
+
+# Checks of a setting's text that its type cannot express, by key.
+_TEXT_CHECKS: Final[dict[str, Callable[[Any], list[str]]]] = {
+    "listen": _listen_problems,
+    "metrics_listen": _metrics_listen_problems,
+}

@@ -174,3 +174,7 @@ ERROR_CODES: tuple[str, ...] = (
     UnknownPlayer.code,
     "internal",
 )
+
+
+class StartupError(LobbydError):
+    """The daemon cannot start: a listener cannot bind or a passed socket is unusable."""

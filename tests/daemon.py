@@ -24,6 +24,11 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
+# Variables through which systemd talks to a service. A test that wants them sets
+# them itself, so a suite that runs under systemd does not leak its own.
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+ACTIVATE_SCRIPT = Path(__file__).resolve().parent / "socket_activate.py"
+
 
 def free_port() -> int:
     """Return a loopback port that was free a moment ago.
@@ -64,6 +69,24 @@ class DaemonProcess:
         log = self.log_path.read_text(errors="replace")
         errors = self.stderr_path.read_text(errors="replace")
         return f"--- stdout ---\n{log[-4000:]}\n--- stderr ---\n{errors[-4000:]}"
+
+    def wait_for_event(self, name: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Return the first log event called ``name``, waiting up to ``timeout`` s for it.
+
+        Raises RuntimeError if the daemon exits first, and TimeoutError after ``timeout`` s.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [event for event in self.log_events() if event.get("event") == name]
+            if found:
+                return found[0]
+            if self.process.poll() is not None:
+                status = self.process.returncode
+                msg = f"lobbyd serve exited with status {status} before logging {name}\n{self.output()}"
+                raise RuntimeError(msg)
+            time.sleep(0.05)
+        msg = f"lobbyd serve did not log {name} within {timeout} s\n{self.output()}"
+        raise TimeoutError(msg)
 
     def wait_until_listening(self, timeout: float = START_TIMEOUT) -> None:
         """Return once the port accepts a connection.
@@ -115,8 +138,7 @@ def running_daemon(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     command = [sys.executable, "-m", "lobbyd", "serve", "--listen", f"{HOST}:{port}", "--data-dir", str(data_dir)]
-    child_env = {key: value for key, value in os.environ.items() if not key.startswith("LOBBYD_")}
-    child_env.update(env or {})
+    child_env = child_environment(env)
     log_path = data_dir / "stdout.log"
     stderr_path = data_dir / "stderr.log"
 
@@ -125,6 +147,51 @@ def running_daemon(
     daemon = DaemonProcess(process, port, log_path, stderr_path)
     try:
         daemon.wait_until_listening()
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def child_environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    """Return this process's environment less LOBBYD_* and systemd's variables, plus ``env``."""
+    child_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LOBBYD_") and key not in SYSTEMD_VARIABLES
+    }
+    child_env.update(env or {})
+    return child_env
+
+
+@contextlib.contextmanager
+def activated_daemon(
+    data_dir: Path,
+    listener: socket.socket,
+    *extra_args: str,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[DaemonProcess]:
+    """Start ``lobbyd serve`` on ``listener`` as systemd's socket activation would, and stop it on exit.
+
+    The listening socket becomes the daemon's file descriptor 3, with LISTEN_FDS=1 and
+    LISTEN_PID naming the daemon's own process. The test keeps its copy of the
+    socket, as systemd does, so the socket keeps listening between two daemons.
+    The daemon counts as started when it logs ``server_started``, because the port
+    accepts connections even while no daemon runs.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = listener.getsockname()[1]
+    command = [sys.executable, str(ACTIVATE_SCRIPT), str(listener.fileno())]
+    command += [sys.executable, "-m", "lobbyd", "serve", "--data-dir", str(data_dir), *extra_args]
+    log_path = data_dir / f"stdout-{time.monotonic_ns()}.log"
+    stderr_path = log_path.with_name(log_path.name.replace("stdout", "stderr"))
+
+    with log_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=stderr, env=child_environment(env), pass_fds=(listener.fileno(),)
+        )
+    daemon = DaemonProcess(process, port, log_path, stderr_path)
+    try:
+        daemon.wait_for_event("server_started")
         yield daemon
     finally:
         daemon.stop()

@@ -113,7 +113,10 @@ async def test_stop_kicks_every_client(start_server: ServerFactory, connect: Cli
 
     stopping = asyncio.create_task(server.stop())
     for client in clients:
-        assert await client.recv() == {"type": "kicked", "reason": "shutdown"}
+        kicked = await client.recv()
+        assert kicked["type"] == "kicked"
+        assert kicked["reason"] == "shutdown"
+        assert 0 <= kicked["retry_after_ms"] <= server.server.config.shutdown_retry_window_ms
         try:
             extra = await client.recv(timeout=3)
         except ClientError:

@@ -269,11 +269,14 @@ class Lobby:
 
     # Time.
 
-    def tick(self, now: float) -> list[fx.Effect]:
-        """Expire overdue ready checks, then form new matches in every queue."""
+    def tick(self, now: float, *, form_matches: bool = True) -> list[fx.Effect]:
+        """Expire overdue ready checks, then form new matches in every queue unless ``form_matches`` is false."""
         effects: list[fx.Effect] = self.hosting.tick(now) if self.hosting is not None else []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
+        if not form_matches:
+            self.more_to_match = False
+            return effects
         budget = self.settings.max_matches_per_tick
         for name, rules in self.rules.items():
             for group in take_groups(self.queues[name], rules, now, budget):
@@ -288,6 +291,8 @@ class Lobby:
         No player has been told of the match, so nobody gets a message: the reachable
         players silently return to the queue with priority and their wait; the
         unreachable ones go idle and their pending disconnect finds nothing to undo.
+        If a reload removed the queue meanwhile, the reachable players go idle too and
+        get ``left_queue`` {reason ``queue_removed``}.
         If a disconnect or decline already ended the check, there is nothing left to
         undo and this returns no effects.
         """
@@ -300,10 +305,38 @@ class Lobby:
         for player_id, ticket in check.tickets.items():
             player = self.players[player_id]
             player.place, player.match = Place.IDLE, None
-            if player_id not in lost and player.session is not None:
+            if player_id in lost or player.session is None:
+                continue
+            if check.queue in self.rules:
                 ticket.priority = True
                 self._add_ticket(player, ticket)
+            else:
+                # The player still believes they are queued, so they must hear that the queue is gone.
+                effects.append(fx.Send(player.session, m.LeftQueue(queue=check.queue, reason="queue_removed")))
         effects.append(fx.Event("match_voided", {"match": match, "unreachable": sorted(lost)}))
+        return effects
+
+    def replace_rules(self, queues: Mapping[str, QueueRules], now: float) -> list[fx.Effect]:
+        """Switch to new queue rules at once; every ticket of a queue that stays is kept.
+
+        Kept tickets keep their wait and priority, and the next tick matches them by
+        the new rules. Each player of a removed queue goes idle and gets ``left_queue``
+        {reason ``queue_removed``}. Running ready checks of a removed queue finish as
+        usual, but nobody is put back into that queue afterwards.
+        """
+        effects: list[fx.Effect] = []
+        for name in [name for name in self.queues if name not in queues]:
+            for ticket in list(self.queues[name].values()):
+                player = self.players[ticket.player]
+                self._remove_ticket(player)
+                if player.session is not None:
+                    effects.append(fx.Send(player.session, m.LeftQueue(queue=name, reason="queue_removed")))
+                fields = {"player": player.id, "queue": name, "reason": "queue_removed"}
+                effects.append(fx.Event("queue_left", fields))
+            del self.queues[name]
+        for name in queues:
+            self.queues.setdefault(name, TicketPool())
+        self.rules = dict(queues)
         return effects
 
     def forget(self, now: float, player_ttl: float) -> int:
@@ -447,6 +480,7 @@ class Lobby:
             player = self.players[player_id]
             player.place, player.match = Place.IDLE, None
             back = player_id in check.accepted and player_id != culprit and player.session is not None
+            back = back and check.queue in self.rules
             if back:
                 ticket.priority = True
                 self._add_ticket(player, ticket)

@@ -169,6 +169,8 @@ class Queued(_Message, tag="queued", frozen=True):
 
 class LeftQueue(_Message, tag="left_queue", frozen=True):
     queue: str
+    reason: str | None = None
+    """Why the server took the player out on its own, such as ``queue_removed``; omitted in a reply."""
 
 
 class MatchFound(_Message, tag="match_found", frozen=True):
@@ -201,6 +203,8 @@ class MatchStart(_Message, tag="match_start", frozen=True):
 
 class Kicked(_Message, tag="kicked", frozen=True):
     reason: str
+    retry_after_ms: int | None = None
+    """How long to wait before reconnecting, sent with reason shutdown."""
 
 
 class Error(_Message, tag="error", frozen=True):

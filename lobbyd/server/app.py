@@ -1,36 +1,48 @@
 """The daemon's life: start, serve, shut down.
 
-``start`` opens the store and binds the listener. ``serve`` runs the long-lived
-tasks (matchmaker, flusher, cleanup) in one ``TaskGroup`` until ``request_stop``.
-Shutdown then stops accepting, stops taking queue entries, tells every client
-``kicked`` {reason ``shutdown``}, waits a bounded time for sessions and match starts
-to finish, cancels stragglers and logs how many, and flushes the store last.
+``start`` opens the store and binds the listener, or takes over the sockets systemd
+passed. ``serve`` tells systemd the daemon is ready and runs the long-lived tasks
+(matchmaker, flusher, cleanup, reloader, loop-lag probe, watchdog) in one
+``TaskGroup`` until ``request_stop``. Shutdown then stops accepting, stops taking queue entries and
+forming matches, lets running ready checks finish for a bounded time, tells every
+client ``kicked`` {reason ``shutdown``} with a randomly spread ``retry_after_ms``,
+waits a bounded time for sessions and match starts to finish, cancels stragglers
+and logs how many, and flushes the store last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import random
 import secrets
+import socket
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from lobbyd.auth import TokenVerifier
-from lobbyd.config import Config
+from lobbyd.config import Config, parse_listen
 from lobbyd.core.hosting import HostingCounts
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import HistoryEntry, PlayerRecord
-from lobbyd.errors import StoreError
+from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
+from lobbyd.server.activation import describe
+from lobbyd.server.admin import AdminServer, socket_path
 from lobbyd.server.gc_policy import freeze_survivors
 from lobbyd.server.matchmaker import MatchmakerLoop
+from lobbyd.server.metrics import Metrics
+from lobbyd.server.metrics_http import start_metrics_server
+from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
 from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
+from lobbyd.server.reload import ConfigSource, Reloader
 from lobbyd.server.requests import Request
 from lobbyd.server.session import Session, SessionLimits
 from lobbyd.store.base import Store
@@ -58,26 +70,32 @@ def open_store(config: Config) -> Store:
 
 
 class Server:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None = None,
+        *,
+        sockets: Sequence[socket.socket] = (),
+        notifier: Notifier | None = None,
+        watchdog_s: float | None = None,
+        source: ConfigSource | None = None,
+    ) -> None:
+        """Build the daemon; ``sockets`` are listening sockets passed by systemd, served instead of ``listen``.
+
+        ``notifier`` reports to systemd, and ``watchdog_s`` is the interval at which
+        it pings the watchdog; both come from the environment systemd sets.
+        ``source`` is where ``config`` came from, read again by a reload.
+        """
         self.config = config
-        self.limits = SessionLimits(
-            max_frame=config.max_frame_bytes,
-            max_outgoing=config.max_outgoing_bytes,
-            hello_timeout=config.hello_timeout_ms / 1000,
-            heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
-            frame_timeout=config.frame_timeout_ms / 1000,
-            rate_per_s=config.rate_limit_per_s,
-            rate_burst=config.rate_limit_burst,
-            game_server_rate_per_s=config.game_server_rate_limit_per_s,
-            game_server_rate_burst=config.game_server_rate_limit_burst,
-        )
+        self.limits = session_limits(config)
         self.verifier = TokenVerifier(config.auth_settings())
         self.game_server_key = config.game_server_key()
         self.store = store if store is not None else open_store(config)
         self.registry = Registry()
+        self.metrics = Metrics()
         settings = dataclasses.replace(config.lobby_settings(), dev_mode=self.verifier.dev_mode)
         self.lobby = Lobby(config.queue_rules(), settings, new_match_id, config.hosting_settings())
-        self.persistence = Persistence(self.store, config.flush_interval_ms / 1000)
+        self.persistence = Persistence(self.store, config.flush_interval_ms / 1000, self.metrics)
         self.players = PlayerLoader(self.store)
         self.matchmaker = MatchmakerLoop(
             self.lobby,
@@ -85,11 +103,23 @@ class Server:
             self.persistence,
             tick_interval=config.tick_interval_ms / 1000,
             send_timeout=config.send_timeout_ms / 1000,
+            metrics=self.metrics,
         )
+        self.metrics.observe(self)
+        self.reloader = Reloader(self, source or ConfigSource())
+        self.notifier = notifier or Notifier()
+        self.watchdog_s = watchdog_s
         self.address: tuple[str, int] | None = None
-        self._listener: asyncio.Server | None = None
+        self.listen_addresses: list[str] = []
+        self._inherited = list(sockets)
+        self._listeners: list[asyncio.Server] = []
+        self._operations: list[asyncio.Server] = []
+        self.metrics_address: str | None = None
+        self.admin = AdminServer(self, socket_path(config))
         self._per_address: Counter[str] = Counter()
         self._stop = asyncio.Event()
+        # Spreads the reconnect hints of a shutdown; not security-relevant.
+        self._jitter = random.Random()
 
     # What sessions need (the SessionHost protocol).
 
@@ -102,6 +132,7 @@ class Server:
 
     def unregister(self, session: Session) -> None:
         self.registry.remove(session)
+        self.metrics.add_closed(session)
         self._per_address[session.address] -= 1
         if self._per_address[session.address] <= 0:
             del self._per_address[session.address]
@@ -127,25 +158,43 @@ class Server:
         await self.start()
         await self.serve()
 
+    @property
+    def draining(self) -> bool:
+        """True while ``join_queue`` is rejected: during a drain and a graceful stop."""
+        return self.matchmaker.draining
+
+    def status_line(self) -> str:
+        """Summarize what the daemon serves, for systemd's STATUS= and the admin socket."""
+        queued = sum(len(tickets) for tickets in self.lobby.queues.values())
+        started = sum(self.metrics.matches_started.values())
+        text = (
+            f"sessions: {len(self.registry)}, queued players: {queued}, "
+            f"ready checks: {len(self.lobby.checks)}, matches started: {started}"
+        )
+        return f"{text}, draining" if self.draining else text
+
     async def start(self) -> None:
-        """Open the store and bind the listener; raises OSError if the port is taken."""
+        """Open the store and listen; raises OSError if the port is taken.
+
+        Raises ``StartupError`` when the admin socket or the metrics endpoint cannot listen.
+        """
         await self.store.open()
-        host, port = self.config.host_port
         try:
-            self._listener = await asyncio.start_server(
-                self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
-            )
-        except OSError:
+            await self._listen()
+            await self._open_operations()
+        except (OSError, StartupError):
+            await self._close_listeners()
+            self._close_operations()
             await self.store.close()
             raise
-        self.address = self._listener.sockets[0].getsockname()[:2]
         freeze_survivors()
         if self.verifier.dev_mode:
             detail = "no auth key is configured: any player id is accepted (development mode)"
             log.warning("auth_disabled", detail=detail)
         log.info(
             "server_started",
-            listen=f"{self.address[0]}:{self.address[1]}",
+            listen=self.listen_addresses,
+            socket_activated=bool(self._inherited),
             store=self.config.store,
             data_dir=self.config.data_dir,
             queues=sorted(self.lobby.rules),
@@ -157,24 +206,106 @@ class Server:
         static = "static" if self.config.static_game_servers else ""
         return "+".join(mode for mode in (registered, static) if mode) or "none"
 
+    async def _listen(self) -> None:
+        if self._inherited:
+            # Listening again on a listening socket only sets its backlog, here to
+            # the Backlog= of the shipped lobbyd.socket.
+            for sock in self._inherited:
+                self._listeners.append(await asyncio.start_server(self._accept, sock=sock, backlog=LISTEN_BACKLOG))
+            log.info("listen_ignored", listen=self.config.listen, reason="listening on sockets passed by systemd")
+        else:
+            host, port = self.config.host_port
+            listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+            self._listeners.append(listener)
+        sockets = [sock for listener in self._listeners for sock in listener.sockets]
+        self.address = sockets[0].getsockname()[:2]
+        self.listen_addresses = [describe(sock) for sock in sockets]
+
+    async def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+
+    async def _open_operations(self) -> None:
+        """Open the listeners for operators: the admin socket, and the metrics endpoint when configured."""
+        await self.admin.open()
+        if self.config.metrics_listen:
+            host, port = parse_listen(self.config.metrics_listen)
+            try:
+                endpoint = await start_metrics_server(self.metrics.registry, host, port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                msg = f"cannot listen for metrics on {self.config.metrics_listen}: {reason}"
+                raise StartupError(msg) from None
+            self._operations.append(endpoint)
+            self.metrics_address = describe(endpoint.sockets[0])
+            log.info("metrics_listening", address=self.metrics_address)
+
+    def _close_operations(self) -> None:
+        self.admin.close()
+        for endpoint in self._operations:
+            endpoint.close()
+
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from a signal handler or twice."""
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Re-read the configuration soon; safe to call from a signal handler. Ignored once stopping."""
+        if self._stop.is_set():
+            log.info("config_reload_ignored", reason="the server is shutting down")
+            return
+        self.reloader.request()
+
+    def apply_config(self, config: Config, verifier: TokenVerifier) -> None:
+        """Switch every running part to ``config`` in one synchronous step.
+
+        Sessions, tickets and ready checks stay. Limits apply to each session's next
+        check; the frame size and rate limit apply to connections opened from now on.
+        """
+        self.config = config
+        self.limits = session_limits(config)
+        self.verifier = verifier
+        self.lobby.settings = dataclasses.replace(
+            self.lobby.settings,
+            ready_timeout=config.ready_check_timeout_ms / 1000,
+            heartbeat_ms=config.heartbeat_interval_ms,
+            dev_mode=verifier.dev_mode,
+        )
+        self.matchmaker.apply(self.lobby.replace_rules(config.queue_rules(), time.time()))
+        self.matchmaker.tick_interval = config.tick_interval_ms / 1000
+        self.matchmaker.send_timeout = config.send_timeout_ms / 1000
+        self.persistence.interval = config.flush_interval_ms / 1000
+        logs.set_level(config.log_level)
+        if verifier.dev_mode:
+            log.warning("auth_disabled", detail="no auth key is configured: any player id is accepted")
+
     async def serve(self) -> None:
+        """Tell systemd the daemon is ready, then run until ``request_stop`` and shut down.
+
+        READY=1 goes out here rather than at the end of ``start`` so that the caller
+        can install its signal handlers in between: systemd sends SIGHUP for a reload
+        as soon as the service is ready.
+        """
+        self.notifier.ready(self.status_line())
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self.matchmaker.run()),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
+                group.create_task(self.metrics.watch_loop_lag()),
             ]
+            tasks.append(group.create_task(self.reloader.run()))
+            if self.notifier.enabled:
+                tasks.append(group.create_task(keep_alive(self.notifier, self.watchdog_s, self.status_line)))
             await self._stop.wait()
             await self._shut_down()
             for task in tasks:
                 task.cancel()
         await self._final_flush()
         await self.store.close()
+        self._close_operations()
         log.info("server_stopped")
+        self.notifier.close()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
         # A plain function returning the session's coroutine, so that the task
@@ -182,6 +313,7 @@ class Server:
         refusal = self._over_limit(writer)
         if refusal is None:
             return Session(reader, writer, self).run()
+        self.metrics.errors_sent[ServerFull.code] += 1
         return refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
 
     def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
@@ -196,14 +328,18 @@ class Server:
         return None
 
     async def _shut_down(self) -> None:
+        log.info("shutdown_started", sessions=len(self.registry), ready_checks=len(self.lobby.checks))
+        self.notifier.stopping(f"stopping: {self.status_line()}")
+        await self._close_listeners()
+        self.matchmaker.draining = True
+        self.matchmaker.forming = False
+        await self._finish_ready_checks(self.config.shutdown_ready_check_wait_ms / 1000)
+
         started = time.monotonic()
         timeout = self.config.shutdown_timeout_ms / 1000
-        log.info("shutdown_started", sessions=len(self.registry))
-        if self._listener is not None:
-            self._listener.close()
-        self.matchmaker.draining = True
+        window = self.config.shutdown_retry_window_ms
         for session in self.registry:
-            session.kick("shutdown")
+            session.kick("shutdown", retry_after_ms=self._jitter.randint(0, window))
 
         stragglers = await _wait_bounded({s.task for s in self.registry if s.task is not None}, timeout)
         for task in stragglers:
@@ -220,6 +356,29 @@ class Server:
             ms=round((time.monotonic() - started) * 1000),
         )
 
+    async def _finish_ready_checks(self, limit: float) -> None:
+        """Wait up to ``limit`` seconds for running ready checks and match starts to end.
+
+        No new matches form meanwhile, so each check ends by its players' answers or
+        its deadline, and a started match reaches its players before they are kicked.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        waited_for = len(self.lobby.checks)
+        # Checks end inside the lobby's synchronous calls, which signal nothing, so this
+        # polls once per tick, the interval at which expiries are applied anyway.
+        while (self.lobby.checks or self.matchmaker.starts) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(min(self.matchmaker.tick_interval, deadline - loop.time()))
+        if self.lobby.checks or self.matchmaker.starts:
+            log.warning(
+                "shutdown_ready_checks_unfinished",
+                ready_checks=len(self.lobby.checks),
+                starts=len(self.matchmaker.starts),
+                limit_ms=round(limit * 1000),
+            )
+        elif waited_for:
+            log.info("shutdown_ready_checks_finished", ready_checks=waited_for)
+
     async def _final_flush(self) -> None:
         try:
             written = await self.persistence.flush()
@@ -229,9 +388,9 @@ class Server:
         log.info("final_flush_done", records=written)
 
     async def _cleanup_loop(self) -> None:
-        interval = self.config.cleanup_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
+            # Read on every round, so that a reload's new interval applies.
+            await asyncio.sleep(self.config.cleanup_interval_ms / 1000)
             self.cleanup()
 
     def cleanup(self) -> None:
@@ -256,6 +415,20 @@ class Server:
             sessions=len(self.registry),
             gc_frozen=frozen,
         )
+
+
+def session_limits(config: Config) -> SessionLimits:
+    return SessionLimits(
+        max_frame=config.max_frame_bytes,
+        max_outgoing=config.max_outgoing_bytes,
+        hello_timeout=config.hello_timeout_ms / 1000,
+        heartbeat_timeout=config.heartbeat_timeout_ms / 1000,
+        frame_timeout=config.frame_timeout_ms / 1000,
+        rate_per_s=config.rate_limit_per_s,
+        rate_burst=config.rate_limit_burst,
+        game_server_rate_per_s=config.game_server_rate_limit_per_s,
+        game_server_rate_burst=config.game_server_rate_limit_burst,
+    )
 
 
 async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:

@@ -10,6 +10,39 @@ import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
+# Level of each logger method, for the filter below; ``exception`` logs at ERROR.
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+# The current threshold. Loggers bound once per session keep the filter they were
+# built with, so the level lives here, where ``set_level`` can change it for all.
+_threshold = logging.INFO
+
+
+def set_level(level: str) -> None:
+    """Change the level of every logger, those already bound included."""
+    global _threshold
+    _threshold = _LEVELS[level]
+
+
+def current_level() -> str:
+    return next(name for name, value in _LEVELS.items() if value == _threshold)
+
+
+def _drop_below_threshold(logger: Any, method: str, event: Any) -> Any:
+    if _METHOD_LEVELS.get(method, logging.INFO) < _threshold:
+        raise structlog.DropEvent
+    return event
+
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Route every lobbyd log line through structlog at ``level``.
@@ -19,7 +52,9 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     """
     out = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    set_level(level)
     processors: list[Any] = [
+        _drop_below_threshold,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -31,7 +66,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

@@ -21,6 +21,7 @@ from lobbyd.protocol import messages as m
 from lobbyd.server import game_server_session, logs
 from lobbyd.server.fanout import fan_out
 from lobbyd.server.game_server_session import SessionRole
+from lobbyd.server.metrics import Metrics
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
@@ -43,14 +44,18 @@ class MatchmakerLoop:
         *,
         tick_interval: float,
         send_timeout: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.lobby = lobby
         self.registry = registry
         self.persistence = persistence
         self.tick_interval = tick_interval
         self.send_timeout = send_timeout
+        self.metrics = metrics or Metrics()
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
         self.draining = False
+        # False once a graceful stop begins: ready checks still run, no new ones form.
+        self.forming = True
         self.starts: set[asyncio.Task[None]] = set()
 
     def submit(self, request: Request) -> None:
@@ -90,10 +95,12 @@ class MatchmakerLoop:
             self.handle(self.requests.get_nowait())
 
     def tick(self) -> None:
+        started = time.perf_counter()
         try:
-            self.apply(self.lobby.tick(time.time()))
+            self.apply(self.lobby.tick(time.time(), form_matches=self.forming))
         except Exception:
             log.exception("tick_failed")
+        self.metrics.tick_seconds.observe(time.perf_counter() - started)
 
     def handle(self, request: Request) -> None:
         """Apply one request; a rejected request is answered with its error."""
@@ -146,8 +153,7 @@ class MatchmakerLoop:
             return self.lobby.profile(session.id, message.rid)
         if isinstance(message, m.JoinQueue):
             if self.draining:
-                msg = "the server is shutting down and takes no new queue entries; reconnect shortly"
-                raise ShuttingDown(msg, rid=message.rid)
+                raise ShuttingDown(self._draining_message(), rid=message.rid)
             return self.lobby.join_queue(session.id, message.queue, now, message.rid)
         if isinstance(message, m.LeaveQueue):
             return self.lobby.leave_queue(session.id, message.queue, now, message.rid)
@@ -157,6 +163,11 @@ class MatchmakerLoop:
             return self.lobby.decline(session.id, message.match, now, message.rid)
         msg = f"no lobby handler for {type(message).__name__}"
         raise TypeError(msg)
+
+    def _draining_message(self) -> str:
+        if self.forming:
+            return "the server is draining for maintenance and takes no new queue entries; try again later"
+        return "the server is shutting down and takes no new queue entries; reconnect shortly"
 
     # Effects.
 
@@ -178,6 +189,7 @@ class MatchmakerLoop:
                 self.persistence.mark_match(effect.record)
             elif isinstance(effect, fx.Event):
                 log.info(effect.name, **effect.fields)
+                self.metrics.record_event(effect.name, dict(effect.fields))
 
     def _send(self, effect: fx.Send) -> None:
         session = self.registry.get(effect.session)
@@ -204,6 +216,7 @@ class MatchmakerLoop:
         return session is not None and session.open
 
     def _spawn_start(self, effect: fx.StartMatch) -> None:
+        self.metrics.ready_check_outcomes["accepted"] += 1
         task = asyncio.create_task(self._start(effect.record, effect.sends))
         self.starts.add(task)
         task.add_done_callback(self.starts.discard)
@@ -211,6 +224,7 @@ class MatchmakerLoop:
     async def _start(self, record: MatchRecord, sends: tuple[fx.Send, ...]) -> None:
         began = time.perf_counter()
         if not await self._commit(record):
+            self.metrics.matches_cancelled["storage_failed"] += 1
             self.apply(self.lobby.abort_start(record.id, time.time()))
             cancelled = [
                 fx.Send(send.session, m.MatchCancelled(match=record.id, reason="storage_failed", requeued=False))
@@ -219,6 +233,7 @@ class MatchmakerLoop:
             self.apply(cancelled)
             return
         committed = time.perf_counter()
+        self.metrics.matches_started[record.queue] += 1
         delivered = await fan_out(sends, self.registry, self.send_timeout)
         log.info(
             "match_started",

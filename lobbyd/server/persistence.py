@@ -19,6 +19,7 @@ from typing import Final, TypeVar
 from lobbyd.core.model import MatchRecord, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
+from lobbyd.server.metrics import Metrics
 from lobbyd.store.base import Store
 
 _R = TypeVar("_R")
@@ -47,9 +48,10 @@ def _take(records: dict[str, _R], count: int) -> dict[str, _R]:
 
 
 class Persistence:
-    def __init__(self, store: Store, interval: float) -> None:
+    def __init__(self, store: Store, interval: float, metrics: Metrics | None = None) -> None:
         self.store = store
         self.interval = interval
+        self.metrics = metrics or Metrics()
         self._lock = asyncio.Lock()
         self._players: dict[str, PlayerRecord] = {}
         self._matches: dict[str, MatchRecord] = {}
@@ -145,7 +147,10 @@ class Persistence:
             raise
         self.flushes += 1
         count = len(players) + len(matches)
-        log.debug("flush_done", records=count, ms=round((time.perf_counter() - started) * 1000, 2))
+        elapsed = time.perf_counter() - started
+        self.metrics.flush_seconds.observe(elapsed)
+        self.metrics.flush_records.observe(count)
+        log.debug("flush_done", records=count, ms=round(elapsed * 1000, 2))
 
     async def run(self) -> None:
         """Flush every ``interval`` seconds until cancelled, retrying with backoff."""

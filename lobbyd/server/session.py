@@ -54,6 +54,7 @@ from lobbyd.protocol.messages import (
 )
 from lobbyd.server import logs
 from lobbyd.server.game_server_session import SessionRole, check_registration, history_message
+from lobbyd.server.metrics import Metrics
 from lobbyd.server.ratelimit import TokenBucket
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
@@ -87,6 +88,7 @@ class SessionHost(Protocol):
     limits: SessionLimits
     verifier: TokenVerifier
     game_server_key: bytes | None
+    metrics: Metrics
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
@@ -113,7 +115,11 @@ class Session:
         "_transport",
         "_writer",
         "address",
+        "bytes_in",
+        "bytes_out",
         "close_reason",
+        "frames_in",
+        "frames_out",
         "id",
         "inflight",
         "peer",
@@ -148,6 +154,12 @@ class Session:
         peer = writer.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        # Traffic counters for metrics: plain ints, read at scrape time. Bytes are added
+        # once per read or write call, frames once per message, and nothing takes a lock.
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     @property
     def log(self) -> Any:
@@ -187,6 +199,7 @@ class Session:
                 if not data:
                     self.close_reason = self.close_reason or "peer_closed"
                     return
+                self.bytes_in += len(data)
                 if self.state is SessionState.CLOSED:
                     return
                 codec.receive_data(data)
@@ -242,9 +255,9 @@ class Session:
         else:
             self._transport.close()
 
-    def kick(self, reason: str) -> None:
-        """Tell the client why it is being disconnected, then close."""
-        self.send(Kicked(reason=reason))
+    def kick(self, reason: str, retry_after_ms: int | None = None) -> None:
+        """Tell the client why it is being disconnected, and when to come back, then close."""
+        self.send(Kicked(reason=reason, retry_after_ms=retry_after_ms))
         self.close(reason)
 
     # Output.
@@ -253,11 +266,18 @@ class Session:
         """Queue ``message`` for writing; return False if the session cannot take it."""
         if not self.open:
             return False
+        self.frames_out += 1
+        if type(message) is Error:
+            self._host.metrics.errors_sent[message.code] += 1
         return self._write(self._codec.encode(message))
 
     def send_many(self, messages: list[ServerMessage]) -> bool:
         if not self.open:
             return False
+        self.frames_out += len(messages)
+        for message in messages:
+            if type(message) is Error:
+                self._host.metrics.errors_sent[message.code] += 1
         encode = self._codec.encode
         if len(messages) == 1:
             return self._write(encode(messages[0]))
@@ -273,6 +293,7 @@ class Session:
         await self._writer.drain()
 
     def _write(self, data: bytes) -> bool:
+        self.bytes_out += len(data)
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._host.limits.max_outgoing:
             self.log.warning("slow_consumer", buffered=self._transport.get_write_buffer_size())
@@ -302,6 +323,7 @@ class Session:
                 continue
             if message is None:
                 return None
+            self.frames_in += 1
             now = clock()
             self._last_active = now
             if not self._bucket.take(now):
