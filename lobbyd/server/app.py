@@ -33,7 +33,7 @@ from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
 from lobbyd.server.activation import describe
 from lobbyd.server.admin import AdminServer, socket_path
-from lobbyd.server.gc_policy import freeze_survivors
+from lobbyd.server.gc_policy import freeze_survivors, keep_frozen
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.metrics import Metrics
 from lobbyd.server.metrics_http import start_metrics_server
@@ -292,6 +292,7 @@ class Server:
                 group.create_task(self.matchmaker.run()),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
+                group.create_task(keep_frozen()),
                 group.create_task(self.metrics.watch_loop_lag()),
             ]
             tasks.append(group.create_task(self.reloader.run()))
@@ -407,13 +408,12 @@ class Server:
             log.error("stale_game_server_removed", session=session_id, server=servers[session_id])
             self.matchmaker.apply(self.lobby.disconnect(session_id, now))
         dropped = self.lobby.forget(now, self.config.player_idle_ttl_ms / 1000)
-        frozen = freeze_survivors()
+        freeze_survivors()
         log.info(
             "cleanup_done",
             dropped=dropped,
             players=len(self.lobby.players),
             sessions=len(self.registry),
-            gc_frozen=frozen,
         )
 
 

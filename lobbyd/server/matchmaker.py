@@ -27,6 +27,10 @@ from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session import Session
 
+# Requests applied per turn of the loop before sessions get to read and write again:
+# a burst of 10,000 joins or accepts is cut into slices of a few milliseconds each.
+REQUEST_BATCH: Final = 256
+
 # A started match is committed before anyone hears of it. These are the waits, in
 # seconds, between attempts when the store fails; after the last, the match is
 # cancelled rather than announced without a record.
@@ -69,16 +73,16 @@ class MatchmakerLoop:
         try:
             while True:
                 wait = next_tick - loop.time()
-                if wait > 0:
+                if wait > 0 and self.requests.empty():
                     try:
                         async with asyncio.timeout(wait):
                             self.handle(await self.requests.get())
                     except TimeoutError:
                         pass
                 else:
-                    # Let sessions read and write before the next slice of matching.
+                    # Let sessions read and write before the next slice of work.
                     await asyncio.sleep(0)
-                self.drain_requests()
+                self.drain_requests(REQUEST_BATCH)
                 if loop.time() >= next_tick:
                     self.tick()
                     # A late tick does not trigger a burst of catch-up ticks; a tick
@@ -89,10 +93,12 @@ class MatchmakerLoop:
         finally:
             log.info("matchmaker_stopped")
 
-    def drain_requests(self) -> None:
-        """Apply every request already queued, without waiting."""
-        while not self.requests.empty():
+    def drain_requests(self, limit: int | None = None) -> None:
+        """Apply the requests already queued, at most ``limit`` of them, without waiting."""
+        count = 0
+        while not self.requests.empty() and (limit is None or count < limit):
             self.handle(self.requests.get_nowait())
+            count += 1
 
     def tick(self) -> None:
         started = time.perf_counter()
