@@ -21,7 +21,7 @@ from typing import Final
 
 from lobbyd.server import logs
 
-# Seconds between freezes: short enough that a full collection only ever sees about a
+# Seconds between freezes: short enough that a full collection only ever walks about a
 # second of new objects, long enough that the young collection before it is noise.
 FREEZE_INTERVAL_S: Final = 1.0
 

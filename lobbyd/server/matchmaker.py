@@ -109,7 +109,7 @@ class MatchmakerLoop:
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
 
     def handle(self, request: Request) -> None:
-        """Apply one request; a rejected request is answered with its error."""
+        """Apply one request; a rejected request gets its error as the reply."""
         session = request.session
         if not isinstance(request, Gone):
             session.inflight -= 1

@@ -100,8 +100,8 @@ class Persistence:
             commits, self._commits = self._commits, []
             self._group = None
             matches = {record.id: record for record, _ in commits}
-            wanted = {player for _, players in commits for player in players}
-            batch = {pid: self._players.pop(pid) for pid in wanted if pid in self._players}
+            involved = {player for _, players in commits for player in players}
+            batch = {pid: self._players.pop(pid) for pid in involved if pid in self._players}
             for match in matches:
                 self._matches.pop(match, None)
             try:

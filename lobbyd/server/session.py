@@ -1,4 +1,4 @@
-"""One client connection: read, frame, answer what it can, hand the rest to the matchmaker.
+"""One client connection: read, frame, reply to what it can, hand the rest to the matchmaker.
 
 The read loop takes large chunks, decodes every complete frame in a chunk and writes
 the replies it made itself in one batch per chunk. Requests that change lobby state
@@ -83,7 +83,7 @@ class SessionLimits:
 
 
 class SessionHost(Protocol):
-    """What a session needs from the daemon around it."""
+    """The services a session uses from the daemon around it."""
 
     limits: SessionLimits
     verifier: TokenVerifier
@@ -370,7 +370,7 @@ class Session:
         return self._process(replies)
 
     def _rate_limited(self, message: ClientMessage, replies: list[ServerMessage]) -> bool:
-        """Answer a message over the rate; return False once the abuse is sustained."""
+        """Reply to a message over the rate; return False once the abuse is sustained."""
         if self._bucket.overdraft > self._host.limits.rate_burst:
             self.log.warning("rate_limit_exceeded", rejected=self._bucket.overdraft)
             replies.append(Kicked(reason="rate_limited"))
