@@ -128,6 +128,8 @@ async def _run_server(config: config_module.Config) -> int:
     from lobbyd.server.app import Server
 
     log = logs.get("lobbyd.cli")
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.log_loop_exception)
     try:
         server = Server(config)
     except ConfigError as exc:
@@ -143,7 +145,6 @@ async def _run_server(config: config_module.Config) -> int:
         print(f"lobbyd: cannot open the store: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
 
-    loop = asyncio.get_running_loop()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:

@@ -22,6 +22,7 @@ from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
+from lobbyd.server.fdlimit import FdBudget
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.refusal import refuse_connection
@@ -73,6 +74,7 @@ class Server:
             tick_interval=config.tick_interval_ms / 1000,
             send_timeout=config.send_timeout_ms / 1000,
         )
+        self.fds = FdBudget(config.max_connections)
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -117,6 +119,7 @@ class Server:
             await self.store.close()
             raise
         self.address = self._listener.sockets[0].getsockname()[:2]
+        self.fds.measure()
         if self.verifier.dev_mode:
             detail = "no auth key is configured: any player id is accepted (development mode)"
             log.warning("auth_disabled", detail=detail)
@@ -138,6 +141,7 @@ class Server:
                 group.create_task(self.matchmaker.run()),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
+                group.create_task(self.fds.watch()),
             ]
             await self._stop.wait()
             await self._shut_down()
@@ -156,14 +160,16 @@ class Server:
             if refusal is None:
                 await Session(reader, writer, self).run()
             else:
+                # Refusals come near the connection limit, where descriptors may run out too.
+                self.fds.check()
                 await refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
         finally:
             self._handlers.discard(task)
 
     def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
         """Return why a new connection must be refused, or None to serve it."""
-        if len(self.registry) >= self.config.max_connections:
-            return f"the server is at its limit of {self.config.max_connections} connections"
+        if len(self.registry) >= self.fds.max_connections:
+            return f"the server is at its limit of {self.fds.max_connections} connections"
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         if self._per_address[address] >= self.config.max_connections_per_address:
