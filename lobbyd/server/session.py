@@ -207,6 +207,12 @@ class Session:
             try:
                 message = self._codec.next_message()
             except RemoteError as exc:
+                # An invalid message costs a token like a valid one, or a peer could send
+                # them without limit, each with its reply and log line.
+                if not exc.fatal and not self._bucket.take(self._loop.time()):
+                    if not self._rate_limited("this invalid message", exc.rid, replies):
+                        return False
+                    continue
                 self.log.warning("frame_rejected", code=exc.code, error=exc.message, fatal=exc.fatal)
                 if exc.fatal:
                     # Written in this batch, ahead of any relayed reply, because the
@@ -220,7 +226,7 @@ class Session:
             now = self._loop.time()
             self._last_active = now
             if not self._bucket.take(now):
-                if not self._rate_limited(message, replies):
+                if not self._rate_limited(f"this {_type_of(message)!r}", message.rid, replies):
                     return False
                 continue
             try:
@@ -235,16 +241,19 @@ class Session:
             if self.state is SessionState.CLOSED:
                 return True
 
-    def _rate_limited(self, message: ClientMessage, replies: list[ServerMessage]) -> bool:
-        """Answer a message over the rate; return False once the abuse is sustained."""
+    def _rate_limited(self, dropped: str, rid: int | None, replies: list[ServerMessage]) -> bool:
+        """Answer a message over the rate; return False once the abuse is sustained.
+
+        ``dropped`` names the message in the error, for example ``this 'ping'``.
+        """
         if self._bucket.overdraft > self._host.limits.rate_burst:
             self.log.warning("rate_limit_exceeded", rejected=self._bucket.overdraft)
             replies.append(Kicked(reason="rate_limited"))
             self.close_reason = "rate_limited"
             return False
         retry_ms = max(round(self._bucket.retry_after() * 1000), 1)
-        msg = f"more than {self._host.limits.rate_per_s:g} messages per second: this {_type_of(message)!r} was dropped"
-        self._reply(replies, Error(code=RateLimited.code, message=msg, rid=message.rid, retry_after_ms=retry_ms))
+        msg = f"more than {self._host.limits.rate_per_s:g} messages per second: {dropped} was dropped"
+        self._reply(replies, Error(code=RateLimited.code, message=msg, rid=rid, retry_after_ms=retry_ms))
         return True
 
     async def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
