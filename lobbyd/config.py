@@ -67,7 +67,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     tick_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 200
     flush_interval_ms: Milliseconds = 500
     send_timeout_ms: Milliseconds = 5_000
-    """How long a match_start may wait for a client's socket to drain."""
+    """How long a match_start, or the last bytes before a close, may wait for a client's socket to drain."""
 
     shutdown_timeout_ms: Milliseconds = 5_000
     cleanup_interval_ms: Milliseconds = 60_000

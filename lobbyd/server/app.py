@@ -60,6 +60,7 @@ class Server:
             frame_timeout=config.frame_timeout_ms / 1000,
             rate_per_s=config.rate_limit_per_s,
             rate_burst=config.rate_limit_burst,
+            close_timeout=config.send_timeout_ms / 1000,
         )
         self.verifier = TokenVerifier(config.auth_settings())
         self.store = store if store is not None else open_store(config)

@@ -18,7 +18,8 @@ end the session with ``kicked`` {reason ``rate_limited``}.
 
 Outgoing bytes are never awaited here. Each write goes to the transport's buffer;
 a session whose unsent bytes pass ``max_outgoing`` is aborted as a slow consumer,
-which bounds memory however many clients stop reading.
+which bounds memory however many clients stop reading. A graceful close that
+cannot flush its last bytes within ``close_timeout`` is aborted too.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class SessionLimits:
     frame_timeout: float
     rate_per_s: float
     rate_burst: int
+    close_timeout: float = 5.0
+    """Seconds a closing connection may take to flush its last bytes before it is aborted."""
 
 
 class SessionHost(Protocol):
@@ -94,6 +97,7 @@ class Session:
         self._last_active = self._opened
         self._partial_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         self._bucket = TokenBucket(host.limits.rate_per_s, host.limits.rate_burst, self._opened)
         peer = writer.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -130,6 +134,8 @@ class Session:
     def _cleanup(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         was_authenticated = self.state is SessionState.AUTHENTICATED or (
             self.state is SessionState.CLOSED and self.player is not None
         )
@@ -148,8 +154,19 @@ class Session:
         self.close_reason = self.close_reason or reason
         if abort:
             self._transport.abort()
-        else:
-            self._transport.close()
+            return
+        self._transport.close()
+        # The transport closes once its buffer is flushed, which never happens while
+        # the peer does not read. Until then the session stays registered and keeps its
+        # buffer and descriptor, so the wait is bounded.
+        if self._transport.get_write_buffer_size():
+            self._close_timer = self._loop.call_later(self._host.limits.close_timeout, self._abort_unflushed)
+
+    def _abort_unflushed(self) -> None:
+        self._close_timer = None
+        unsent = self._transport.get_write_buffer_size()
+        self.log.info("close_timed_out", unsent=unsent, reason=self.close_reason)
+        self._transport.abort()
 
     def kick(self, reason: str) -> None:
         """Tell the client why it is being disconnected, then close."""
