@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-quick clean
+.PHONY: run test lint typecheck bench bench-quick clean fuzz crash-test soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Long runs for docs/reliability.md, not part of `make test`. Each starts its own daemon on
+# a loopback port. Override the length, for example: make fuzz FUZZ_SECONDS=600
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python -m reliability.fuzz --seconds $(FUZZ_SECONDS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check lobbyd tests
+	$(BIN)/ruff check lobbyd tests reliability
 	$(BIN)/mypy
 
 typecheck: $(STAMP)

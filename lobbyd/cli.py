@@ -174,6 +174,8 @@ async def _run_server(config: config_module.Config, path: Path | None, overrides
     from lobbyd.server.reload import ConfigSource
 
     log = logs.get("lobbyd.cli")
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.log_loop_exception)
     try:
         server = Server(
             config,
@@ -201,7 +203,6 @@ async def _run_server(config: config_module.Config, path: Path | None, overrides
         print(f"lobbyd: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
 
-    loop = asyncio.get_running_loop()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:

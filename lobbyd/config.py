@@ -89,7 +89,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Matches one tick may form; a tick that reaches it continues right after pending I/O."""
     flush_interval_ms: Milliseconds = 500
     send_timeout_ms: Milliseconds = 5_000
-    """How long a match_start may wait for a client's socket to drain."""
+    """How long a match_start, or the last bytes before a close, may wait for a client's socket to drain."""
 
     shutdown_timeout_ms: Milliseconds = 5_000
     cleanup_interval_ms: Milliseconds = 60_000

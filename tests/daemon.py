@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -127,12 +128,14 @@ def running_daemon(
     *extra_args: str,
     env: Mapping[str, str] | None = None,
     port: int | None = None,
+    max_open_files: int | None = None,
 ) -> Iterator[DaemonProcess]:
     """Start ``lobbyd serve`` with its SQLite store in ``data_dir`` and stop it on exit.
 
     ``extra_args`` are appended to the command line, and ``env`` adds variables such
     as ``LOBBYD_TICK_INTERVAL_MS``. LOBBYD_* variables of the calling environment are
-    not passed on, so the test alone decides the settings. After the block,
+    not passed on, so the test alone decides the settings. ``max_open_files`` sets
+    both the soft and the hard RLIMIT_NOFILE of the daemon. After the block,
     ``exit_code`` holds the status the daemon exited with after SIGTERM.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +145,15 @@ def running_daemon(
     log_path = data_dir / "stdout.log"
     stderr_path = data_dir / "stderr.log"
 
+    def limit_open_files() -> None:
+        assert max_open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
+    preexec = limit_open_files if max_open_files is not None else None
     with log_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen([*command, *extra_args], stdout=stdout, stderr=stderr, env=child_env)
+        process = subprocess.Popen(
+            [*command, *extra_args], stdout=stdout, stderr=stderr, env=child_env, preexec_fn=preexec
+        )
     daemon = DaemonProcess(process, port, log_path, stderr_path)
     try:
         daemon.wait_until_listening()

@@ -39,6 +39,9 @@ DEFAULT_MAX_FRAME: Final = 65_536
 LENGTH_PREFIX_BYTES: Final = 4
 _LENGTH: Final = struct.Struct(">I")
 MAX_FRAME_LIMIT: Final = 2**32 - 1
+# Characters of a peer's unknown ``type`` that an error message repeats. The rest is
+# cut, so a 60 KiB type string costs neither a 60 KiB reply nor a 60 KiB log line.
+MAX_ECHOED_CHARS: Final = 64
 
 
 class Framing(enum.Enum):
@@ -253,7 +256,8 @@ def _explain_invalid(
         return InvalidField(msg, rid=rid)
     if kind not in CLIENT_TYPES:
         known = ", ".join(sorted(CLIENT_TYPES))
-        return UnknownType(f"unknown message type {kind!r}: expected one of {known}", rid=rid)
+        shown = kind if len(kind) <= MAX_ECHOED_CHARS else f"{kind[:MAX_ECHOED_CHARS]}..."
+        return UnknownType(f"unknown message type {shown!r}: expected one of {known}", rid=rid)
     return InvalidField(f"invalid {kind!r} message: {_lower_first(str(exc))}", rid=rid)
 
 

@@ -33,6 +33,7 @@ from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
 from lobbyd.server.activation import describe
 from lobbyd.server.admin import AdminServer, socket_path
+from lobbyd.server.fdlimit import FdBudget
 from lobbyd.server.gc_policy import freeze_survivors, keep_frozen
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.metrics import Metrics
@@ -109,6 +110,7 @@ class Server:
         self.reloader = Reloader(self, source or ConfigSource())
         self.notifier = notifier or Notifier()
         self.watchdog_s = watchdog_s
+        self.fds = FdBudget(config.max_connections)
         self.address: tuple[str, int] | None = None
         self.listen_addresses: list[str] = []
         self._inherited = list(sockets)
@@ -187,6 +189,7 @@ class Server:
             self._close_operations()
             await self.store.close()
             raise
+        self.fds.measure()
         freeze_survivors()
         if self.verifier.dev_mode:
             detail = "no auth key is configured: any player id is accepted (development mode)"
@@ -294,6 +297,7 @@ class Server:
                 group.create_task(self._cleanup_loop()),
                 group.create_task(keep_frozen()),
                 group.create_task(self.metrics.watch_loop_lag()),
+                group.create_task(self.fds.watch()),
             ]
             tasks.append(group.create_task(self.reloader.run()))
             if self.notifier.enabled:
@@ -315,12 +319,14 @@ class Server:
         if refusal is None:
             return Session(reader, writer, self).run()
         self.metrics.errors_sent[ServerFull.code] += 1
+        # Refusals come near the connection limit, where descriptors may run out too.
+        self.fds.check()
         return refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
 
     def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
         """Return why a new connection must be refused, or None to serve it."""
-        if len(self.registry) >= self.config.max_connections:
-            return f"the server is at its limit of {self.config.max_connections} connections"
+        if len(self.registry) >= self.fds.max_connections:
+            return f"the server is at its limit of {self.fds.max_connections} connections"
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         if self._per_address[address] >= self.config.max_connections_per_address:
@@ -428,6 +434,7 @@ def session_limits(config: Config) -> SessionLimits:
         rate_burst=config.rate_limit_burst,
         game_server_rate_per_s=config.game_server_rate_limit_per_s,
         game_server_rate_burst=config.game_server_rate_limit_burst,
+        close_timeout=config.send_timeout_ms / 1000,
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import structlog
+
+# Keys of an event-loop exception context that name where the error came from.
+_CONTEXT_KEYS: Final = ("handle", "task", "future", "protocol", "transport", "socket")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -75,3 +79,20 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 def get(name: str) -> Any:
     """Return a logger for module ``name``; events are snake_case names with key-values."""
     return structlog.get_logger(name)
+
+
+def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Log an error that the event loop could not raise to any caller, in place of asyncio's handler.
+
+    Install it with ``loop.set_exception_handler``. The default handler writes to the
+    standard ``logging`` module, which lobbyd does not configure, so the error would
+    miss the JSON log.
+    """
+    exception = context.get("exception")
+    sources = {key: repr(context[key])[:200] for key in _CONTEXT_KEYS if key in context}
+    get(__name__).error(
+        "loop_exception",
+        message=context.get("message", "unhandled exception in the event loop"),
+        exc_info=exception if isinstance(exception, BaseException) else False,
+        **sources,
+    )

@@ -18,7 +18,8 @@ end the session with ``kicked`` {reason ``rate_limited``}.
 
 Outgoing bytes are never awaited here. Each write goes to the transport's buffer;
 a session whose unsent bytes pass ``max_outgoing`` is aborted as a slow consumer,
-which bounds memory however many clients stop reading.
+which bounds memory however many clients stop reading. A graceful close that
+cannot flush its last bytes within ``close_timeout`` is aborted too.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class SessionLimits:
     rate_burst: int
     game_server_rate_per_s: float = 200.0
     game_server_rate_burst: int = 600
+    close_timeout: float = 5.0
+    """Seconds a closing connection may take to flush its last bytes before it is aborted."""
 
 
 class SessionHost(Protocol):
@@ -104,6 +107,7 @@ class Session:
     # small: at 100,000 sessions every hundred bytes is 10 MB.
     __slots__ = (
         "_bucket",
+        "_close_timer",
         "_codec",
         "_host",
         "_last_active",
@@ -150,6 +154,7 @@ class Session:
         self._last_active = self._opened
         self._partial_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         self._bucket = TokenBucket(host.limits.rate_per_s, host.limits.rate_burst, self._opened)
         peer = writer.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -227,6 +232,8 @@ class Session:
     def _cleanup(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         was_authenticated = self.state is SessionState.AUTHENTICATED or (
             self.state is SessionState.CLOSED and self.role is not None
         )
@@ -252,8 +259,19 @@ class Session:
         self.close_reason = self.close_reason or reason
         if abort:
             self._transport.abort()
-        else:
-            self._transport.close()
+            return
+        self._transport.close()
+        # The transport closes once its buffer is flushed, which never happens while
+        # the peer does not read. Until then the session stays registered and keeps its
+        # buffer and descriptor, so the wait is bounded.
+        if self._transport.get_write_buffer_size():
+            self._close_timer = self._loop.call_later(self._host.limits.close_timeout, self._abort_unflushed)
+
+    def _abort_unflushed(self) -> None:
+        self._close_timer = None
+        unsent = self._transport.get_write_buffer_size()
+        self.log.info("close_timed_out", unsent=unsent, reason=self.close_reason)
+        self._transport.abort()
 
     def kick(self, reason: str, retry_after_ms: int | None = None) -> None:
         """Tell the client why it is being disconnected, and when to come back, then close."""
@@ -313,6 +331,12 @@ class Session:
             try:
                 message = codec.next_message()
             except RemoteError as exc:
+                # An invalid message costs a token like a valid one, or a peer could send
+                # them without limit, each with its reply and log line.
+                if not exc.fatal and not self._bucket.take(self._loop.time()):
+                    if not self._rate_limited("this invalid message", exc.rid, replies):
+                        return _CLOSE
+                    continue
                 self.log.warning("frame_rejected", code=exc.code, error=exc.message, fatal=exc.fatal)
                 if exc.fatal:
                     # Written in this batch, ahead of any relayed reply, because the
@@ -327,7 +351,7 @@ class Session:
             now = clock()
             self._last_active = now
             if not self._bucket.take(now):
-                if not self._rate_limited(message, replies):
+                if not self._rate_limited(f"this {_type_of(message)!r}", message.rid, replies):
                     return _CLOSE
                 continue
             if type(message) is Ping and self.state is SessionState.AUTHENTICATED:
@@ -369,16 +393,19 @@ class Session:
             return None
         return self._process(replies)
 
-    def _rate_limited(self, message: ClientMessage, replies: list[ServerMessage]) -> bool:
-        """Reply to a message over the rate; return False once the abuse is sustained."""
+    def _rate_limited(self, dropped: str, rid: int | None, replies: list[ServerMessage]) -> bool:
+        """Reply to a message over the rate; return False once the abuse is sustained.
+
+        ``dropped`` names the message in the error, for example ``this 'ping'``.
+        """
         if self._bucket.overdraft > self._host.limits.rate_burst:
             self.log.warning("rate_limit_exceeded", rejected=self._bucket.overdraft)
             replies.append(Kicked(reason="rate_limited"))
             self.close_reason = "rate_limited"
             return False
         retry_ms = max(round(self._bucket.retry_after() * 1000), 1)
-        msg = f"more than {self._host.limits.rate_per_s:g} messages per second: this {_type_of(message)!r} was dropped"
-        self._reply(replies, Error(code=RateLimited.code, message=msg, rid=message.rid, retry_after_ms=retry_ms))
+        msg = f"more than {self._host.limits.rate_per_s:g} messages per second: {dropped} was dropped"
+        self._reply(replies, Error(code=RateLimited.code, message=msg, rid=rid, retry_after_ms=retry_ms))
         return True
 
     def _handle(self, message: ClientMessage, replies: list[ServerMessage]) -> None:
