@@ -48,6 +48,8 @@ class MatchmakerLoop:
         self.persistence = persistence
         self.tick_interval = tick_interval
         self.send_timeout = send_timeout
+        # TODO: bound this queue. Only the per-session rate limit holds it back, so many
+        # sessions sending at once can grow it faster than the loop drains it.
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
         self.draining = False
         self.starts: set[asyncio.Task[None]] = set()
