@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-quick clean fuzz crash-test soak
+.PHONY: run test lint typecheck bench bench-quick clean fuzz crash-test soak stalled
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: $(STAMP)
 FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)
 	$(BIN)/python -m reliability.fuzz --seconds $(FUZZ_SECONDS)
+
+CRASH_KILLS ?= 50
+crash-test: $(STAMP)
+	$(BIN)/python -m reliability.crash --kills $(CRASH_KILLS)
+
+stalled: $(STAMP)
+	$(BIN)/python -m reliability.stalled
+
+SOAK_MINUTES ?= 12
+SOAK_BOTS ?= 2000
+soak: $(STAMP)
+	$(BIN)/python -m reliability.soak --minutes $(SOAK_MINUTES) --bots $(SOAK_BOTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lobbyd tests reliability

@@ -32,7 +32,7 @@ import msgspec
 import uvloop
 
 from reliability import mutations
-from reliability.harness import log_problems, rss_kib
+from reliability.harness import log_problems, print_report, probe_failures, rss_kib
 from reliability.probe import ProbeReport, start_probe, stop_probe
 from tests.daemon import HOST, running_daemon
 
@@ -290,11 +290,7 @@ def _failures(
     failures += [f"daemon log: {problem}" for problem in problems[:20]]
     if tally.undecodable_replies:
         failures.append(f"{tally.undecodable_replies} replies did not decode")
-    if probe.lost:
-        failures.append(f"the probe lost {probe.lost} of {probe.pings} pings")
-    p99 = probe.latency_ms.p99
-    if p99 is None or p99 > options.max_p99_ms:
-        failures.append(f"probe p99 latency {p99} ms exceeds {options.max_p99_ms:g} ms")
+    failures += probe_failures(probe, options.max_p99_ms)
     return failures
 
 
@@ -351,11 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         max_p99_ms=args.max_p99_ms,
     )
     report = uvloop.run(run_fuzz(options))
-    text = msgspec.json.format(msgspec.json.encode(report))
-    print(text.decode())
-    if args.json is not None:
-        args.json.write_bytes(text + b"\n")
-    return 0 if report.ok else 1
+    return print_report(report, report.ok, args.json)
 
 
 if __name__ == "__main__":

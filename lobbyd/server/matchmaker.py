@@ -56,6 +56,8 @@ class MatchmakerLoop:
         self.tick_interval = tick_interval
         self.send_timeout = send_timeout
         self.metrics = metrics or Metrics()
+        # TODO: bound this queue. Only the per-session rate limit holds it back, so many
+        # sessions sending at once can grow it faster than the loop drains it.
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
         self.draining = False
         # False once a graceful stop begins: ready checks still run, no new ones form.
