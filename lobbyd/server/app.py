@@ -33,6 +33,7 @@ from lobbyd.server.requests import Request
 from lobbyd.server.session import Session, SessionLimits
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
+from lobbyd.store.postgres import PostgresStore
 from lobbyd.store.sqlite import SqliteStore
 
 log = logs.get(__name__)
@@ -52,6 +53,8 @@ def new_match_id() -> str:
 def open_store(config: Config) -> Store:
     if config.store == "memory":
         return MemoryStore()
+    if config.store == "postgres":
+        return PostgresStore(config.postgres_dsn, schema=config.postgres_schema, pool_size=config.postgres_pool_size)
     return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
 
 

@@ -1,0 +1,258 @@
+"""Redis and PostgreSQL for the tests: found, started, or skipped, in one place.
+
+Each service comes from the first of:
+
+1. an environment variable: ``LOBBYD_TEST_REDIS_URL`` (``redis://HOST:PORT/DB``) or
+   ``LOBBYD_TEST_PG_DSN`` (``postgresql://USER@HOST:PORT/DB``);
+2. a server this module starts on a free loopback port for the test session:
+   ``redis-server`` without persistence, or ``initdb`` and ``postgres`` in a
+   temporary directory (run as the ``postgres`` user when the tests run as root,
+   because PostgreSQL refuses to run as root);
+3. otherwise the test is skipped with the reason. With ``LOBBYD_REQUIRE_SERVICES=1``
+   (set by CI) it fails instead, so a broken machine never passes by skipping.
+
+Tests share a service but not its data: ``redis_prefix`` gives each test its own key
+prefix and ``pg_schema`` its own schema, both removed after the test.
+
+``TcpProxy`` sits between the daemons and a service, so that a test can make the
+service unreachable (``cut``) and reachable again (``restore``) without stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+REQUIRE_ENV = "LOBBYD_REQUIRE_SERVICES"
+REDIS_ENV = "LOBBYD_TEST_REDIS_URL"
+PG_ENV = "LOBBYD_TEST_PG_DSN"
+START_TIMEOUT_S = 30.0
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test, or fail it when CI requires the services."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            msg = f"{name} exited with status {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    msg = f"{name} did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S:g} s"
+    raise RuntimeError(msg)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Service:
+    url: str
+    started: bool
+    """True when this module started the server, False when the environment named it."""
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[Service]:
+    url = os.environ.get(REDIS_ENV)
+    if url:
+        yield Service(url, started=False)
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_missing(f"no Redis: set {REDIS_ENV} or install redis-server")
+    workdir = Path(tempfile.mkdtemp(prefix="lobbyd-test-redis-"))
+    port = free_port()
+    log = workdir / "redis.log"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, "redis-server", log)
+        yield Service(f"redis://127.0.0.1:{port}/0", started=True)
+    finally:
+        stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _as_postgres_user() -> list[str]:
+    """Return the command prefix that runs PostgreSQL's programs as a non-root user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        service_missing("no PostgreSQL: the tests run as root and there is no 'postgres' user to run it as")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@pytest.fixture(scope="session")
+def postgres_service() -> Iterator[Service]:
+    dsn = os.environ.get(PG_ENV)
+    if dsn:
+        yield Service(dsn, started=False)
+        return
+    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+    if initdb is None or postgres is None:
+        service_missing(f"no PostgreSQL: set {PG_ENV} or install initdb and postgres")
+    assert initdb is not None and postgres is not None
+    prefix = _as_postgres_user()
+    workdir = Path(tempfile.mkdtemp(prefix="lobbyd-test-pg-"))
+    if prefix:
+        shutil.chown(workdir, "postgres", "postgres")
+    data = workdir / "data"
+    log = workdir / "postgres.log"
+    port = free_port()
+    subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    # fsync off: the tests need speed, not durability across a power cut.
+    command = [postgres, "-D", str(data), "-p", str(port), "-k", str(workdir), "-c", "listen_addresses=127.0.0.1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen([*prefix, *command, "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, "postgres", log)
+        yield Service(f"postgresql://postgres@127.0.0.1:{port}/postgres", started=True)
+    finally:
+        stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def unique_name(kind: str) -> str:
+    return f"lobbyd_test_{kind}_{uuid.uuid4().hex[:12]}"
+
+
+# The two fixtures below are synchronous so that async fixtures may look them up with
+# request.getfixturevalue; their clean-up runs its own event loop in a worker thread.
+
+
+@pytest.fixture
+def redis_prefix(redis_service: Service) -> Iterator[str]:
+    """Return a key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = unique_name("r")
+    yield prefix
+    client = redis.Redis.from_url(redis_service.url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def pg_schema(postgres_service: Service) -> Iterator[str]:
+    """Return a schema name of this test's own; the schema is dropped afterwards."""
+    schema = unique_name("s")
+    yield schema
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(postgres_service.url)
+        try:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        worker.submit(asyncio.run, drop()).result()
+
+
+class TcpProxy:
+    """Forward a loopback port to a service, until told to cut every connection.
+
+    ``cut`` closes the listening socket and aborts every forwarded connection, so
+    clients see what they would see if the service stopped: resets, then refused
+    connections. ``restore`` listens on the same port again.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        if self._server is None:
+            await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, upstream_writer))
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65_536):
+                sink.write(data)
+                await sink.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            sink.transport.abort()
+            self._writers.discard(sink)
