@@ -23,6 +23,10 @@ class StoreError(LobbydError):
     """Persistence failed: the database could not be opened, read or written."""
 
 
+class SharedStateError(LobbydError):
+    """The cluster's shared state (Redis) could not be reached or answered too late."""
+
+
 class RemoteError(LobbydError):
     """A peer broke the protocol or asked for something it may not have.
 
@@ -106,6 +110,12 @@ class ServerFull(RemoteError):
     fatal = True
 
 
+class Unavailable(RemoteError):
+    """A cluster node cannot reach the shared state; the client retries after ``retry_after_ms``."""
+
+    code = "unavailable"
+
+
 # Every error code a client can receive, for protocol.md and the conformance tests.
 # ``internal`` is sent when a request hit a bug of ours; the session stays open.
 ERROR_CODES: tuple[str, ...] = (
@@ -124,5 +134,6 @@ ERROR_CODES: tuple[str, ...] = (
     InvalidToken.code,
     RateLimited.code,
     ServerFull.code,
+    Unavailable.code,
     "internal",
 )

@@ -29,11 +29,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -256,3 +259,51 @@ class TcpProxy:
         finally:
             sink.transport.abort()
             self._writers.discard(sink)
+
+
+class ThreadedProxy:
+    """A ``TcpProxy`` on an event loop of its own thread.
+
+    Tests that wait synchronously, for a subprocess to listen for example, would
+    stall a proxy running on the test's own loop, and with it every daemon behind it.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-proxy", daemon=True)
+        self._thread.start()
+        self._proxy = TcpProxy(host, int(port))
+        self._call(self._proxy.start())
+
+    @property
+    def address(self) -> str:
+        return self._proxy.address
+
+    def cut(self) -> None:
+        self._call(self._proxy.cut())
+
+    def restore(self) -> None:
+        self._call(self._proxy.restore())
+
+    def close(self) -> None:
+        self._call(self._proxy.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+
+
+def host_port(url: str) -> str:
+    """Return ``HOST:PORT`` of a ``redis://`` or ``postgresql://`` URL."""
+    parsed = urllib.parse.urlsplit(url)
+    return f"{parsed.hostname}:{parsed.port}"
+
+
+def with_host_port(url: str, address: str) -> str:
+    """Return ``url`` pointing at ``address`` (``HOST:PORT``) instead, user and path kept."""
+    parsed = urllib.parse.urlsplit(url)
+    user = f"{parsed.username}@" if parsed.username else ""
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{user}{address}"))

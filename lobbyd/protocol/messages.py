@@ -97,6 +97,8 @@ class Queued(_Message, tag="queued", frozen=True):
 
 class LeftQueue(_Message, tag="left_queue", frozen=True):
     queue: str
+    reason: str | None = None
+    """Sent only when the server took the player out on its own, such as ``unavailable``."""
 
 
 class MatchFound(_Message, tag="match_found", frozen=True):

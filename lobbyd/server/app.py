@@ -21,9 +21,11 @@ from typing import Any
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import PlayerRecord
+from lobbyd.core.model import LobbySettings, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.server import logs
+from lobbyd.server.cluster_leader import TermSettings
+from lobbyd.server.cluster_node import ClusterNode, NodeSettings, default_node_id
 from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
@@ -34,6 +36,7 @@ from lobbyd.server.session import Session, SessionLimits
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
 from lobbyd.store.postgres import PostgresStore
+from lobbyd.store.redis_state import RedisState
 from lobbyd.store.sqlite import SqliteStore
 
 log = logs.get(__name__)
@@ -56,6 +59,29 @@ def open_store(config: Config) -> Store:
     if config.store == "postgres":
         return PostgresStore(config.postgres_dsn, schema=config.postgres_schema, pool_size=config.postgres_pool_size)
     return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
+
+
+def open_cluster(config: Config, settings: LobbySettings, registry: Registry, persistence: Persistence) -> ClusterNode:
+    """Build this daemon's node of the cluster that shares state in ``config.redis_url``."""
+    node = config.node_id or default_node_id()
+    state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
+    term = TermSettings(
+        node=node,
+        rules=config.queue_rules(),
+        lobby=settings,
+        tick_interval=config.tick_interval_ms / 1000,
+        lease_ms=config.leader_lease_ms,
+        node_ttl=config.node_ttl_ms / 1000,
+    )
+    node_settings = NodeSettings(
+        node=node,
+        lease_ms=config.leader_lease_ms,
+        node_ttl_ms=config.node_ttl_ms,
+        heartbeat_ms=settings.heartbeat_ms,
+        retry_after_ms=config.unavailable_retry_ms,
+        dev_mode=settings.dev_mode,
+    )
+    return ClusterNode(state, node_settings, term, registry, persistence, new_match_id)
 
 
 class Server:
@@ -84,6 +110,9 @@ class Server:
             tick_interval=config.tick_interval_ms / 1000,
             send_timeout=config.send_timeout_ms / 1000,
         )
+        self.cluster: ClusterNode | None = None
+        if config.cluster == "redis":
+            self.cluster = open_cluster(config, settings, self.registry, self.persistence)
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._per_address: Counter[str] = Counter()
@@ -92,7 +121,10 @@ class Server:
     # What sessions need (the SessionHost protocol).
 
     def submit(self, request: Request) -> None:
-        self.matchmaker.submit(request)
+        if self.cluster is not None:
+            self.cluster.submit(request)
+        else:
+            self.matchmaker.submit(request)
 
     def register(self, session: Session) -> None:
         self.registry.add(session)
@@ -146,17 +178,22 @@ class Server:
 
     async def serve(self) -> None:
         async with asyncio.TaskGroup() as group:
+            lobby_loop = self.cluster.run() if self.cluster is not None else self.matchmaker.run()
             tasks = [
-                group.create_task(self.matchmaker.run()),
+                group.create_task(lobby_loop),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
             ]
             await self._stop.wait()
             await self._shut_down()
+            if self.cluster is not None:
+                await self.cluster.stop(self.config.shutdown_timeout_ms / 1000)
             for task in tasks:
                 task.cancel()
         await self._final_flush()
         await self.store.close()
+        if self.cluster is not None:
+            await self.cluster.state.close()
         log.info("server_stopped")
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
@@ -185,6 +222,8 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         self.matchmaker.draining = True
+        if self.cluster is not None:
+            self.cluster.draining = True
         for session in self.registry:
             session.kick("shutdown")
 
