@@ -14,8 +14,8 @@ Each service comes from the first of:
 Tests share a service but not its data: ``redis_prefix`` gives each test its own key
 prefix and ``pg_schema`` its own schema, both removed after the test.
 
-``TcpProxy`` sits between the daemons and a service, so that a test can make the
-service unreachable (``cut``) and reachable again (``restore``) without stopping it.
+``ProcessProxy`` sits between the daemons and a service, so that a test can make
+the service unreachable (``cut``) and reachable again (``restore``) without stopping it.
 """
 
 from __future__ import annotations
@@ -28,19 +28,22 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 import redis
+
+from tests.proxy import TcpProxy, free_port
+
+__all__ = ["ProcessProxy", "Service", "TcpProxy", "free_port"]
 
 REQUIRE_ENV = "LOBBYD_REQUIRE_SERVICES"
 REDIS_ENV = "LOBBYD_TEST_REDIS_URL"
@@ -53,12 +56,6 @@ def service_missing(reason: str) -> None:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1 forbids skipping)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, log: Path) -> None:
@@ -198,102 +195,44 @@ def pg_schema(postgres_service: Service) -> Iterator[str]:
         worker.submit(asyncio.run, drop()).result()
 
 
-class TcpProxy:
-    """Forward a loopback port to a service, until told to cut every connection.
-
-    ``cut`` closes the listening socket and aborts every forwarded connection, so
-    clients see what they would see if the service stopped: resets, then refused
-    connections. ``restore`` listens on the same port again.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def restore(self) -> None:
-        if self._server is None:
-            await self.start()
-
-    async def close(self) -> None:
-        await self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, upstream_writer))
-        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65_536):
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            sink.transport.abort()
-            self._writers.discard(sink)
-
-
-class ThreadedProxy:
-    """A ``TcpProxy`` on an event loop of its own thread.
+class ProcessProxy:
+    """A ``TcpProxy`` in a process of its own, driven through its standard input.
 
     Tests that wait synchronously, for a subprocess to listen for example, would
-    stall a proxy running on the test's own loop, and with it every daemon behind it.
+    stall a proxy on the test's own loop, and with it every daemon behind it. A
+    process of its own also keeps the sockets it aborts out of the test process.
     """
 
     def __init__(self, target: str) -> None:
-        host, _, port = target.rpartition(":")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="test-proxy", daemon=True)
-        self._thread.start()
-        self._proxy = TcpProxy(host, int(port))
-        self._call(self._proxy.start())
-
-    @property
-    def address(self) -> str:
-        return self._proxy.address
+        command = [sys.executable, "-m", "tests.proxy", target]
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent
+        )
+        self.address = self._command("address")
 
     def cut(self) -> None:
-        self._call(self._proxy.cut())
+        self._command("cut")
 
     def restore(self) -> None:
-        self._call(self._proxy.restore())
+        self._command("restore")
 
     def close(self) -> None:
-        self._call(self._proxy.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+        if self._process.poll() is None:
+            self._command("quit")
+        stop_process(self._process)
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream is not None:
+                stream.close()
 
-    def _call(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
+    def _command(self, name: str) -> str:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(f"{name}\n".encode())
+        self._process.stdin.flush()
+        reply = self._process.stdout.readline().decode().strip()
+        if not reply:
+            msg = f"the proxy process exited with status {self._process.poll()} on {name!r}"
+            raise RuntimeError(msg)
+        return reply
 
 
 def host_port(url: str) -> str:

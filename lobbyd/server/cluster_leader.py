@@ -75,6 +75,8 @@ class _Batch:
     effects: list[fx.Effect]
     requester: str | None = None
     seq: int = 0
+    presence_deletes: list[tuple[str, str]] = field(default_factory=list)
+    """(player, session key) presence entries of dead nodes to delete."""
 
 
 @dataclass(slots=True)
@@ -126,12 +128,17 @@ class LeaderTerm:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._keep_lease())
                 group.create_task(self._lead())
-        except* Fenced as caught:
-            msg = f"a commit was fenced: {caught.exceptions[0]}"
-            raise LeadershipLost(msg) from None
-        except* SharedStateError as caught:
-            msg = f"redis failed: {caught.exceptions[0]}"
-            raise LeadershipLost(msg) from None
+        except BaseExceptionGroup as caught:
+            # Both loops can fail at once, for one cause; the first names it. Anything
+            # else is a bug of ours and propagates.
+            ended, rest = caught.split((LeadershipLost, SharedStateError))
+            if rest is not None or ended is None:
+                raise
+            first = _leaves(ended)[0]
+            reason = str(first) if isinstance(first, LeadershipLost) else f"redis failed: {first}"
+            if isinstance(first, Fenced):
+                reason = f"a commit was fenced: {first}"
+            raise LeadershipLost(reason) from None
         finally:
             for task in self._starts:
                 task.cancel()
@@ -150,7 +157,7 @@ class LeaderTerm:
                 log.warning("lease_renew_failed", token=self.token, error=str(exc))
                 continue
             if not held:
-                msg = "another node holds the lease"
+                msg = "the lease expired or another node holds it"
                 raise LeadershipLost(msg)
             renewed = loop.time()
 
@@ -306,17 +313,16 @@ class LeaderTerm:
             self._absent_since.pop(node, None)
         ttl = self.settings.node_ttl
         dead = [node for node in nodes - live if now - self._absent_since.setdefault(node, now) >= ttl]
-        effects: list[fx.Effect] = []
+        batch = _Batch([])
         for node in dead:
             prefix = f"{node}/"
             keys = [key for key in self.lobby.sessions if key.startswith(prefix)]
             log.warning("node_declared_dead", node=node, sessions=len(keys))
             for key in keys:
-                player_id = self.lobby.sessions[key]
-                effects.extend(self.lobby.disconnect(key, now))
-                effects.append(fx.Event("presence_removed", {"player": player_id, "session": key}))
+                batch.presence_deletes.append((self.lobby.sessions[key], key))
+                batch.effects.extend(self.lobby.disconnect(key, now))
             self._absent_since.pop(node, None)
-        return _Batch(effects)
+        return batch
 
     # Commits.
 
@@ -343,6 +349,7 @@ class LeaderTerm:
         """Turn effects into one commit: deliveries per session in order, and the state that changed."""
         commit, outcome = Commit(), _Outcome()
         for batch in batches:
+            commit.presence_deletes.extend(batch.presence_deletes)
             messages: dict[str, list[m.ServerMessage]] = {}
             if batch.requester is not None:
                 messages[batch.requester] = []
@@ -489,3 +496,11 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         async with asyncio.timeout(seconds):
             await event.wait()
     return event.is_set()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Return the exceptions of ``group`` and its nested groups, depth first."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
