@@ -73,7 +73,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     data_dir: str = "var"
     """Directory for the SQLite database, relative to the working directory."""
 
-    store: Literal["sqlite", "memory"] = "sqlite"
+    store: Literal["sqlite", "memory", "postgres"] = "sqlite"
     sqlite_synchronous: Literal["normal", "full"] = "normal"
 
     max_frame_bytes: Bytes = 65_536
@@ -178,6 +178,39 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 
     admin_socket: str = ""
     """Path of the admin Unix socket; empty means admin.sock in data_dir."""
+    # Several nodes serving one player base: PostgreSQL as the store (store =
+    # "postgres") and Redis for shared state (cluster = "redis"). See docs/deployment.md.
+    postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/lobbyd"
+    """libpq connection URI of the database that store = "postgres" uses."""
+
+    postgres_schema: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "public"
+    """Schema that holds lobbyd's tables; it is created when missing."""
+
+    postgres_pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
+    """Connections each node keeps open to PostgreSQL."""
+
+    cluster: Literal["off", "redis"] = "off"
+    """"redis" makes this daemon one node of a cluster that shares state in Redis."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "lobbyd"
+    """Prefix of every Redis key of the cluster; nodes with the same prefix form one cluster."""
+
+    node_id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)] | None = None
+    """Name of this node in the cluster; default: host name, process id and a random suffix."""
+
+    leader_lease_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 3_000
+    """How long a leader's lease lasts without renewal; it is renewed every third of it."""
+
+    node_ttl_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 3_000
+    """How long a node's liveness key lasts without renewal; a node whose key stays
+    missing this long again is declared dead and its players leave queues and ready checks."""
+
+    redis_timeout_ms: Milliseconds = 1_000
+    """Deadline of one Redis command; a node that misses it treats Redis as unreachable."""
+
+    unavailable_retry_ms: Milliseconds = 2_000
+    """Retry hint sent with the unavailable error while Redis is unreachable."""
 
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
@@ -479,6 +512,14 @@ def _cross_problems(config: Config) -> list[tuple[str, str]]:
                 "heartbeat_timeout_ms",
                 f"{config.heartbeat_timeout_ms} must be greater than heartbeat_interval_ms "
                 f"({config.heartbeat_interval_ms}), or idle clients are cut off",
+            )
+        )
+    if config.cluster == "redis" and config.store != "postgres":
+        problems.append(
+            (
+                "cluster",
+                f'"redis" needs store = "postgres", got {config.store!r}: '
+                "the nodes of a cluster must share one durable store",
             )
         )
     problems += _static_server_problems(config)

@@ -23,6 +23,10 @@ class StoreError(LobbydError):
     """Persistence failed: the database could not be opened, read or written."""
 
 
+class SharedStateError(LobbydError):
+    """The cluster's shared state (Redis) could not be reached or answered too late."""
+
+
 class RemoteError(LobbydError):
     """A peer broke the protocol or asked for something it may not have.
 
@@ -145,6 +149,10 @@ class MatchOver(RemoteError):
 
 class UnknownPlayer(RemoteError):
     code = "unknown_player"
+class Unavailable(RemoteError):
+    """A cluster node cannot reach the shared state; the client retries after ``retry_after_ms``."""
+
+    code = "unavailable"
 
 
 # Every error code a client can receive, for protocol.md and the conformance tests.
@@ -172,6 +180,7 @@ ERROR_CODES: tuple[str, ...] = (
     AlreadyReported.code,
     MatchOver.code,
     UnknownPlayer.code,
+    Unavailable.code,
     "internal",
 )
 

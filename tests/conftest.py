@@ -16,6 +16,9 @@ from lobbyd.client import LobbyClient
 from lobbyd.server import logs
 from lobbyd.server.app import Server
 
+# Redis, PostgreSQL and cluster fixtures, shared by every test module that needs them.
+pytest_plugins = ["tests.services", "tests.cluster"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

@@ -1,4 +1,4 @@
-"""Tests of the ``Store`` contract on every backend, and of what only the SQLite store does."""
+"""Tests of the ``Store`` contract on every backend, and of what only SQLite or PostgreSQL does."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import pathlib
 import sqlite3
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
+from lobbyd.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from lobbyd.store.postgres import PenaltyRecord, PostgresStore, ResultRecord
 from lobbyd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
+from tests.services import Service, free_port
 
 ALICE = PlayerRecord(
     id="p-alice",
@@ -81,10 +85,17 @@ ABANDONED = MatchRecord(
 )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
-    path = tmp_path / "lobbyd.db"
-    backend: Store = MemoryStore() if request.param == "memory" else SqliteStore(path)
+    backend: Store
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SqliteStore(tmp_path / "lobbyd.db")
+    else:
+        # Looked up only here, so that the other backends need no PostgreSQL.
+        dsn = request.getfixturevalue("postgres_service").url
+        backend = PostgresStore(dsn, schema=request.getfixturevalue("pg_schema"))
     await backend.open()
     yield backend
     await backend.close()
@@ -434,3 +445,131 @@ async def test_sqlite_migrates_version_1(tmp_path: pathlib.Path) -> None:
     assert history == [
         HistoryEntry("m-old", "1v1", MatchState.STARTED, None, 1, None, None, 1510, None, 3.0, 4.0)
     ]
+
+
+# Tests of the PostgreSQL store only.
+
+
+@pytest.fixture
+async def pg_store(postgres_service: Service, pg_schema: str) -> AsyncIterator[PostgresStore]:
+    backend = PostgresStore(postgres_service.url, schema=pg_schema)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def test_postgres_nodes_migrate_once(postgres_service: Service, pg_schema: str) -> None:
+    nodes = [PostgresStore(postgres_service.url, schema=pg_schema) for _ in range(3)]
+
+    await asyncio.gather(*(node.open() for node in nodes))
+
+    connection = await asyncpg.connect(postgres_service.url)
+    try:
+        versions = await connection.fetch(f'SELECT version FROM "{pg_schema}".schema_migrations')
+    finally:
+        await connection.close()
+    assert [row["version"] for row in versions] == list(range(1, PG_SCHEMA_VERSION + 1))
+    await nodes[0].save([ALICE], [])
+    assert await nodes[2].load_player(ALICE.id) == ALICE
+    for node in nodes:
+        await node.close()
+
+
+async def test_postgres_data_survives_reopen(postgres_service: Service, pg_schema: str) -> None:
+    first = PostgresStore(postgres_service.url, schema=pg_schema)
+    await first.open()
+    await first.save([ALICE, BOB], [STARTED])
+    await first.close()
+
+    second = PostgresStore(postgres_service.url, schema=pg_schema)
+    await second.open()
+    try:
+        assert await second.load_player(BOB.id) == BOB
+        assert await second.load_match(STARTED.id) == STARTED
+    finally:
+        await second.close()
+
+
+async def test_postgres_newer_schema_rejected(postgres_service: Service, pg_schema: str) -> None:
+    store = PostgresStore(postgres_service.url, schema=pg_schema)
+    await store.open()
+    await store.close()
+    connection = await asyncpg.connect(postgres_service.url)
+    try:
+        await connection.execute(
+            f'INSERT INTO "{pg_schema}".schema_migrations (version) VALUES ($1)', PG_SCHEMA_VERSION + 1
+        )
+    finally:
+        await connection.close()
+
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+
+    assert f"version {PG_SCHEMA_VERSION + 1}" in str(caught.value)
+    assert pg_schema in str(caught.value)
+
+
+async def test_postgres_failed_batch_stores_nothing(pg_store: PostgresStore) -> None:
+    nameless = PlayerRecord("p-nameless", None, 1500, 1.0, 1.0)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError) as caught:
+        await pg_store.save([ALICE, nameless], [STARTED])
+
+    assert await pg_store.load_player(ALICE.id) is None
+    assert await pg_store.count_matches() == 0
+    assert "save" in str(caught.value)
+    await pg_store.save([ALICE], [])
+    assert await pg_store.load_player(ALICE.id) == ALICE
+
+
+async def test_postgres_result_applied_once(postgres_service: Service, pg_store: PostgresStore) -> None:
+    await pg_store.save([ALICE, BOB], [STARTED])
+    result = ResultRecord(
+        match=STARTED.id,
+        outcome={"winner": 0},
+        rating_changes={ALICE.id: 12, BOB.id: -12},
+        reported_at=1_700_000_500.0,
+    )
+    # Two more stores stand for two more nodes reporting the same result at once.
+    others = [PostgresStore(postgres_service.url, schema=pg_store.schema) for _ in range(2)]
+    for other in others:
+        await other.open()
+
+    applied = await asyncio.gather(*(node.apply_result(result) for node in [pg_store, *others] * 3))
+
+    assert applied.count(True) == 1
+    alice = await pg_store.load_player(ALICE.id)
+    bob = await pg_store.load_player(BOB.id)
+    assert alice is not None
+    assert alice.rating == ALICE.rating + 12
+    assert bob is not None
+    assert bob.rating == BOB.rating - 12
+    assert await pg_store.apply_result(result) is False
+    for other in others:
+        await other.close()
+
+
+async def test_postgres_active_penalties(pg_store: PostgresStore) -> None:
+    expired = PenaltyRecord(ALICE.id, "left_ready_check", created_at=100.0, until=200.0)
+    active = PenaltyRecord(ALICE.id, "left_ready_check", created_at=150.0, until=400.0)
+    other = PenaltyRecord(BOB.id, "abuse", created_at=150.0, until=900.0)
+    for penalty in (expired, active, other):
+        await pg_store.add_penalty(penalty)
+
+    assert await pg_store.active_penalties(ALICE.id, now=300.0) == [active]
+    assert await pg_store.active_penalties(ALICE.id, now=500.0) == []
+
+
+async def test_postgres_unreachable_raises(pg_schema: str) -> None:
+    closed_port = free_port()
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{closed_port}/postgres", schema=pg_schema)
+
+    with pytest.raises(StoreError, match="open"):
+        await store.open()
+
+
+async def test_postgres_closed_store_raises(pg_store: PostgresStore) -> None:
+    await pg_store.close()
+
+    with pytest.raises(StoreError, match="not open"):
+        await pg_store.load_player(ALICE.id)

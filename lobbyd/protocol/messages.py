@@ -170,7 +170,7 @@ class Queued(_Message, tag="queued", frozen=True):
 class LeftQueue(_Message, tag="left_queue", frozen=True):
     queue: str
     reason: str | None = None
-    """Why the server took the player out on its own, such as ``queue_removed``; omitted in a reply."""
+    """Why the server took the player out on its own (``queue_removed``, ``unavailable``); omitted in a reply."""
 
 
 class MatchFound(_Message, tag="match_found", frozen=True):

@@ -28,11 +28,13 @@ from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config, parse_listen
 from lobbyd.core.hosting import HostingCounts
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import HistoryEntry, PlayerRecord
+from lobbyd.core.model import HistoryEntry, LobbySettings, PlayerRecord
 from lobbyd.errors import ServerFull, StartupError, StoreError
 from lobbyd.server import logs
 from lobbyd.server.activation import describe
 from lobbyd.server.admin import AdminServer, socket_path
+from lobbyd.server.cluster_leader import TermSettings
+from lobbyd.server.cluster_node import ClusterNode, NodeSettings, default_node_id
 from lobbyd.server.fdlimit import FdBudget
 from lobbyd.server.gc_policy import freeze_survivors, keep_frozen
 from lobbyd.server.matchmaker import MatchmakerLoop
@@ -48,6 +50,8 @@ from lobbyd.server.requests import Request
 from lobbyd.server.session import Session, SessionLimits
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
+from lobbyd.store.postgres import PostgresStore
+from lobbyd.store.redis_state import RedisState
 from lobbyd.store.sqlite import SqliteStore
 
 log = logs.get(__name__)
@@ -67,7 +71,32 @@ def new_match_id() -> str:
 def open_store(config: Config) -> Store:
     if config.store == "memory":
         return MemoryStore()
+    if config.store == "postgres":
+        return PostgresStore(config.postgres_dsn, schema=config.postgres_schema, pool_size=config.postgres_pool_size)
     return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
+
+
+def open_cluster(config: Config, settings: LobbySettings, registry: Registry, persistence: Persistence) -> ClusterNode:
+    """Build this daemon's node of the cluster that shares state in ``config.redis_url``."""
+    node = config.node_id or default_node_id()
+    state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
+    term = TermSettings(
+        node=node,
+        rules=config.queue_rules(),
+        lobby=settings,
+        tick_interval=config.tick_interval_ms / 1000,
+        lease_ms=config.leader_lease_ms,
+        node_ttl=config.node_ttl_ms / 1000,
+    )
+    node_settings = NodeSettings(
+        node=node,
+        lease_ms=config.leader_lease_ms,
+        node_ttl_ms=config.node_ttl_ms,
+        heartbeat_ms=settings.heartbeat_ms,
+        retry_after_ms=config.unavailable_retry_ms,
+        dev_mode=settings.dev_mode,
+    )
+    return ClusterNode(state, node_settings, term, registry, persistence, new_match_id)
 
 
 class Server:
@@ -111,6 +140,9 @@ class Server:
         self.notifier = notifier or Notifier()
         self.watchdog_s = watchdog_s
         self.fds = FdBudget(config.max_connections)
+        self.cluster: ClusterNode | None = None
+        if config.cluster == "redis":
+            self.cluster = open_cluster(config, settings, self.registry, self.persistence)
         self.address: tuple[str, int] | None = None
         self.listen_addresses: list[str] = []
         self._inherited = list(sockets)
@@ -126,7 +158,10 @@ class Server:
     # What sessions need (the SessionHost protocol).
 
     def submit(self, request: Request) -> None:
-        self.matchmaker.submit(request)
+        if self.cluster is not None:
+            self.cluster.submit(request)
+        else:
+            self.matchmaker.submit(request)
 
     def register(self, session: Session) -> None:
         self.registry.add(session)
@@ -291,8 +326,9 @@ class Server:
         """
         self.notifier.ready(self.status_line())
         async with asyncio.TaskGroup() as group:
+            lobby_loop = self.cluster.run() if self.cluster is not None else self.matchmaker.run()
             tasks = [
-                group.create_task(self.matchmaker.run()),
+                group.create_task(lobby_loop),
                 group.create_task(self.persistence.run()),
                 group.create_task(self._cleanup_loop()),
                 group.create_task(keep_frozen()),
@@ -304,11 +340,15 @@ class Server:
                 tasks.append(group.create_task(keep_alive(self.notifier, self.watchdog_s, self.status_line)))
             await self._stop.wait()
             await self._shut_down()
+            if self.cluster is not None:
+                await self.cluster.stop(self.config.shutdown_timeout_ms / 1000)
             for task in tasks:
                 task.cancel()
         await self._final_flush()
         await self.store.close()
         self._close_operations()
+        if self.cluster is not None:
+            await self.cluster.state.close()
         log.info("server_stopped")
         self.notifier.close()
 
@@ -340,6 +380,8 @@ class Server:
         await self._close_listeners()
         self.matchmaker.draining = True
         self.matchmaker.forming = False
+        if self.cluster is not None:
+            self.cluster.draining = True
         await self._finish_ready_checks(self.config.shutdown_ready_check_wait_ms / 1000)
 
         started = time.monotonic()

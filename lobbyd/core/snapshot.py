@@ -1,0 +1,219 @@
+"""Mirror a ``Lobby``'s tickets and ready checks into records, and rebuild a lobby from them.
+
+A cluster leader keeps the lobby in memory like a single daemon, and after every
+batch of changes writes the tickets and ready checks that changed to shared
+storage. ``track`` finds what changed without a scan: it puts pools and a checks
+dict into the lobby that note every ticket added or removed and every ready check
+created or finished. Accepts change a check in place, so the caller marks those.
+
+``restore`` is the other direction: a new leader builds its lobby from the
+players' presence, the stored tickets and the stored ready checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from lobbyd.core.lobby import Lobby
+from lobbyd.core.model import Place, Player, Ticket
+from lobbyd.core.pool import TicketPool
+from lobbyd.core.ready_check import ReadyCheck
+from lobbyd.protocol.cluster import CheckSnapshot, PlayerInfo, Presence, TicketState, session_key
+
+
+@dataclass(slots=True)
+class Changes:
+    """Players whose ticket and matches whose ready check changed since the last ``take``."""
+
+    players: set[str] = field(default_factory=set)
+    matches: set[str] = field(default_factory=set)
+
+    def take(self) -> tuple[set[str], set[str]]:
+        players, matches = self.players, self.matches
+        self.players, self.matches = set(), set()
+        return players, matches
+
+
+class TrackedPool(TicketPool):
+    """A ticket pool that notes the player of every ticket added or removed."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Changes) -> None:
+        super().__init__()
+        self.changes = changes
+
+    def add(self, ticket: Ticket) -> None:
+        super().add(ticket)
+        self.changes.players.add(ticket.player)
+
+    def remove(self, player: str) -> Ticket:
+        self.changes.players.add(player)
+        return super().remove(player)
+
+
+class TrackedChecks(dict[str, ReadyCheck]):
+    """The lobby's ready checks by match id, noting every check created or finished."""
+
+    def __init__(self, changes: Changes) -> None:
+        super().__init__()
+        self.changes = changes
+
+    def __setitem__(self, match: str, check: ReadyCheck) -> None:
+        super().__setitem__(match, check)
+        self.changes.matches.add(match)
+
+    def __delitem__(self, match: str) -> None:
+        super().__delitem__(match)
+        self.changes.matches.add(match)
+
+
+def track(lobby: Lobby) -> Changes:
+    """Give the empty ``lobby`` tracked pools and checks; return where changes are noted."""
+    if any(lobby.queues.values()) or lobby.checks:
+        msg = "track() needs an empty lobby: tickets or ready checks already exist"
+        raise ValueError(msg)
+    changes = Changes()
+    lobby.queues = {name: TrackedPool(changes) for name in lobby.queues}
+    lobby.checks = TrackedChecks(changes)
+    return changes
+
+
+def player_info(player: Player) -> PlayerInfo:
+    return PlayerInfo(player.id, player.name, player.rating, player.first_seen, player.last_seen)
+
+
+def ticket_state(lobby: Lobby, player_id: str) -> TicketState | None:
+    """Return the stored form of ``player_id``'s ticket, or ``None`` when they hold none."""
+    player = lobby.players.get(player_id)
+    if player is None or player.place is not Place.QUEUED or player.queue is None or player.session is None:
+        return None
+    ticket = lobby.queues[player.queue][player_id]
+    return _ticket_state(player, ticket, player.session)
+
+
+def check_snapshot(lobby: Lobby, match: str) -> CheckSnapshot | None:
+    """Return the stored form of the pending ready check ``match``, or ``None`` when it ended."""
+    check = lobby.checks.get(match)
+    if check is None:
+        return None
+    tickets = []
+    for player_id, ticket in check.tickets.items():
+        player = lobby.players[player_id]
+        tickets.append(_ticket_state(player, ticket, player.session or ""))
+    return CheckSnapshot(
+        match=check.match,
+        queue=check.queue,
+        teams=[list(team) for team in check.teams],
+        tickets=tickets,
+        created_at=check.created_at,
+        deadline=check.deadline,
+        accepted=sorted(check.accepted),
+    )
+
+
+def _ticket_state(player: Player, ticket: Ticket, session: str) -> TicketState:
+    return TicketState(
+        player=player_info(player),
+        session=session,
+        queue=ticket.queue,
+        waiting_since=ticket.waiting_since,
+        seq=ticket.seq,
+        priority=ticket.priority,
+    )
+
+
+@dataclass(slots=True)
+class Restored:
+    """What ``restore`` could not simply put back.
+
+    ``orphans`` are session keys of players in a ready check whose session is gone:
+    the caller disconnects each, which cancels the check for the others, then binds
+    the player's current session from ``rebind`` if there is one. ``stale_tickets``
+    are players whose stored ticket belongs to a session that is gone; the caller
+    deletes those tickets from storage.
+    """
+
+    orphans: list[str] = field(default_factory=list)
+    rebind: dict[str, str] = field(default_factory=dict)
+    stale_tickets: list[str] = field(default_factory=list)
+
+
+def restore(
+    lobby: Lobby,
+    presence: Mapping[str, Presence],
+    tickets: Iterable[TicketState],
+    checks: Iterable[CheckSnapshot],
+) -> Restored:
+    """Fill the empty ``lobby`` with connected players, their tickets and ready checks.
+
+    Tickets keep their wait, priority and arrival order. A ticket or ready check is
+    only bound to the session recorded with it; see ``Restored`` for the others.
+    """
+    restored = Restored()
+    seqs = [0]
+    for player_id, where in presence.items():
+        player = _new_player(where.player)
+        player.session = session_key(where.node, where.session)
+        lobby.players[player_id] = player
+        lobby.sessions[player.session] = player_id
+
+    for snapshot in checks:
+        check = ReadyCheck(
+            match=snapshot.match,
+            queue=snapshot.queue,
+            teams=tuple(tuple(team) for team in snapshot.teams),
+            tickets={},
+            created_at=snapshot.created_at,
+            deadline=snapshot.deadline,
+            accepted=set(snapshot.accepted),
+        )
+        for state in snapshot.tickets:
+            check.tickets[state.player.id] = _ticket(state)
+            seqs.append(state.seq)
+            player = _bind(lobby, state, restored)
+            player.place, player.queue, player.match = Place.READY_CHECK, None, snapshot.match
+        lobby.checks[snapshot.match] = check
+
+    # A pool expects tickets to join oldest first, as they do in a live queue.
+    for state in sorted(tickets, key=lambda t: (t.waiting_since, t.seq)):
+        holder = lobby.players.get(state.player.id)
+        if holder is None or holder.session != state.session or holder.place is not Place.IDLE:
+            restored.stale_tickets.append(state.player.id)
+            continue
+        if state.queue not in lobby.queues:
+            # The queue was removed from the configuration since the ticket was taken.
+            restored.stale_tickets.append(state.player.id)
+            continue
+        seqs.append(state.seq)
+        lobby.queues[state.queue].add(_ticket(state))
+        holder.place, holder.queue = Place.QUEUED, state.queue
+    lobby._seq = itertools.count(max(seqs) + 1)
+    return restored
+
+
+def _bind(lobby: Lobby, state: TicketState, restored: Restored) -> Player:
+    """Return the lobby's player of ``state``, bound to the session recorded with it."""
+    found = lobby.players.get(state.player.id)
+    player = found if found is not None else _new_player(state.player)
+    lobby.players[player.id] = player
+    if player.session != state.session:
+        # The check's session is gone: bind it back so that disconnecting it cancels
+        # the check; the player's current session, if any, is bound after that.
+        if player.session is not None:
+            restored.rebind[state.session] = player.session
+            del lobby.sessions[player.session]
+        player.session = state.session
+        lobby.sessions[state.session] = player.id
+        restored.orphans.append(state.session)
+    return player
+
+
+def _new_player(info: PlayerInfo) -> Player:
+    return Player(info.id, info.name, info.rating, info.first_seen, info.last_seen)
+
+
+def _ticket(state: TicketState) -> Ticket:
+    return Ticket(state.player.id, state.queue, state.player.rating, state.waiting_since, state.seq, state.priority)
