@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings, TokenVerifier
+from lobbyd.core.expansion import Expansion, ExpansionStep, step_problem
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
@@ -36,6 +37,13 @@ Bytes = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
 Region = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
 
+class StepConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One expansion step: from ``after_s`` seconds of wait on, ``limit`` applies. Without ``limit`` there is none."""
+
+    after_s: Annotated[float, msgspec.Meta(ge=0)]
+    limit: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """One queue: how many teams of how many players, and how the rating window grows."""
 
@@ -48,6 +56,14 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     """Extra window per point of the anchor's sigma, in rating points."""
     region: Region = "default"
     """Region whose game servers host this queue's matches."""
+
+    rating_steps: list[StepConfig] | None = None
+    """Rating gap steps, in points, by the anchor's wait. When set, they replace the window_* ramp."""
+
+    def rating_expansion(self) -> Expansion | None:
+        if self.rating_steps is None:
+            return None
+        return Expansion(tuple(ExpansionStep(step.after_s, step.limit) for step in self.rating_steps))
 
 
 class StaticGameServer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -245,6 +261,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 window_max=queue.window_max,
                 window_uncertainty=queue.window_uncertainty,
                 region=queue.region,
+                rating_steps=queue.rating_expansion(),
             )
             for name, queue in self.queues.items()
         }
@@ -428,7 +445,19 @@ def _queue_problems(name: str, table: object) -> list[str]:
     queue = msgspec.convert(table, QueueConfig, strict=False)
     if queue.window_max < queue.window_start:
         problems.append(f"{key}.window_max: {queue.window_max} is below window_start ({queue.window_start})")
+    problems += _steps_problems(f"{key}.rating_steps", queue.rating_steps)
     return problems
+
+
+def _steps_problems(key: str, steps: list[StepConfig] | None) -> list[str]:
+    if steps is None:
+        return []
+    problem = step_problem([ExpansionStep(step.after_s, step.limit) for step in steps])
+    if problem is None:
+        return []
+    if problem.startswith("["):
+        return [f"{key}{problem}"]
+    return [f"{key}: {problem}"]
 
 
 def _suggestion(key: str, known: Iterable[str]) -> str:

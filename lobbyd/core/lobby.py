@@ -411,10 +411,14 @@ class Lobby:
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
         teams = split_teams(group, rules.team_count, rules.team_size)
-        odds = {}
+        odds: dict[str, object] = {}
         if len(teams) == 2:
             first, second = ([t.current_skill for t in team] for team in teams)
             odds["win_probability"] = round(win_probability(first, second), 3)
+        # take_groups puts the anchor first; its wait chose the expansion step.
+        anchor_wait = now - group[0].waiting_since
+        odds["expansion_step"] = rules.expansion_step(anchor_wait)
+        odds["rating_spread"] = max(t.rating for t in group) - min(t.rating for t in group)
         check = ReadyCheck(
             match=match,
             queue=rules.name,

@@ -12,6 +12,7 @@ from typing import Final
 
 import msgspec
 
+from lobbyd.core.expansion import Expansion
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K, Skill, sigma_points, skill_from_rating
 
 DEFAULT_RATING: Final = 1500
@@ -25,6 +26,8 @@ class QueueRules:
     ``window_max``, in rating points, where ``wait`` is in seconds. On top of that comes
     ``window_uncertainty`` times the ticket's sigma in rating points, so that a player
     whose rating is still a rough guess looks further; 0, the default here, turns it off.
+    When ``rating_steps`` is set, it replaces the linear window: the window is the
+    limit of the step the wait reached (``Expansion``), and a lifted limit is infinite.
     ``region`` is where game servers for this queue's matches must be.
     """
 
@@ -36,6 +39,7 @@ class QueueRules:
     window_max: float = 1000.0
     window_uncertainty: float = 0.0
     region: str = "default"
+    rating_steps: Expansion | None = None
 
     @property
     def match_size(self) -> int:
@@ -46,8 +50,16 @@ class QueueRules:
 
         ``uncertainty`` is the ticket's sigma in rating points.
         """
+        if self.rating_steps is not None:
+            return self.rating_steps.limit_at(wait) + self.window_uncertainty * uncertainty
         grown = min(self.window_start + self.window_growth * max(wait, 0.0), self.window_max)
         return grown + self.window_uncertainty * uncertainty
+
+    def expansion_step(self, wait: float) -> int | None:
+        """Return the rating step a ticket that waited ``wait`` seconds is on; None without steps."""
+        if self.rating_steps is None:
+            return None
+        return self.rating_steps.step_at(wait)
 
 
 @dataclass(frozen=True, slots=True)
