@@ -24,6 +24,7 @@ from lobbyd.core.expansion import Expansion, ExpansionStep, step_problem
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
+from lobbyd.core.penalties import PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH
@@ -195,6 +196,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     admin_socket: str = ""
     """Path of the admin Unix socket; empty means admin.sock in data_dir."""
 
+    # Dodge penalties: declining a match, or letting its ready check expire, after
+    # match_found was sent.
+    dodge_lockouts_s: list[Annotated[int, msgspec.Meta(ge=0, le=31_536_000)]] = msgspec.field(default_factory=list)
+    """Lockout in seconds for each rung of the penalty ladder, 0 for a warning; empty turns penalties off."""
+
+    dodge_decay_s: Annotated[int, msgspec.Meta(ge=1, le=31_536_000)] = 86_400
+    """Seconds without a dodge that take a player one rung down the ladder."""
+
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
     @property
@@ -207,7 +216,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             heartbeat_ms=self.heartbeat_interval_ms,
             max_matches_per_tick=self.max_matches_per_tick,
             rating_k=self.rating_ordinal_k,
+            penalties=self.penalty_ladder(),
         )
+
+    def penalty_ladder(self) -> PenaltyLadder | None:
+        if not self.dodge_lockouts_s:
+            return None
+        return PenaltyLadder(tuple(float(s) for s in self.dodge_lockouts_s), float(self.dodge_decay_s))
 
     @property
     def hosts_matches(self) -> bool:
@@ -268,7 +283,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 
 
 # Tables and lists come only from the TOML file.
-_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in ("queues", "static_game_servers"))
+_TABLE_KEYS: Final = ("queues", "static_game_servers", "dodge_lockouts_s")
+_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in _TABLE_KEYS)
 _QUEUE_NAME = re.compile(ID_PATTERN)
 
 
