@@ -20,9 +20,11 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings, TokenVerifier
+from lobbyd.core.expansion import Expansion, ExpansionStep, step_problem
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
+from lobbyd.core.penalties import PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH
@@ -34,6 +36,13 @@ ENV_PREFIX: Final = "LOBBYD_"
 Milliseconds = Annotated[int, msgspec.Meta(ge=1, le=86_400_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
 Region = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
+
+
+class StepConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One expansion step: from ``after_s`` seconds of wait on, ``limit`` applies. Without ``limit`` there is none."""
+
+    after_s: Annotated[float, msgspec.Meta(ge=0)]
+    limit: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -48,6 +57,14 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     """Extra window per point of the anchor's sigma, in rating points."""
     region: Region = "default"
     """Region whose game servers host this queue's matches."""
+
+    rating_steps: list[StepConfig] | None = None
+    """Rating gap steps, in points, by the anchor's wait. When set, they replace the window_* ramp."""
+
+    def rating_expansion(self) -> Expansion | None:
+        if self.rating_steps is None:
+            return None
+        return Expansion(tuple(ExpansionStep(step.after_s, step.limit) for step in self.rating_steps))
 
 
 class StaticGameServer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -212,6 +229,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     unavailable_retry_ms: Milliseconds = 2_000
     """Retry hint sent with the unavailable error while Redis is unreachable."""
 
+    # Dodge penalties: declining a match, or letting its ready check expire, after
+    # match_found was sent.
+    dodge_lockouts_s: list[Annotated[int, msgspec.Meta(ge=0, le=31_536_000)]] = msgspec.field(default_factory=list)
+    """Lockout in seconds for each rung of the penalty ladder, 0 for a warning; empty turns penalties off."""
+
+    dodge_decay_s: Annotated[int, msgspec.Meta(ge=1, le=31_536_000)] = 86_400
+    """Seconds without a dodge that take a player one rung down the ladder."""
+
     queues: dict[str, QueueConfig] = msgspec.field(default_factory=_default_queues)
 
     @property
@@ -224,7 +249,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
             heartbeat_ms=self.heartbeat_interval_ms,
             max_matches_per_tick=self.max_matches_per_tick,
             rating_k=self.rating_ordinal_k,
+            penalties=self.penalty_ladder(),
         )
+
+    def penalty_ladder(self) -> PenaltyLadder | None:
+        if not self.dodge_lockouts_s:
+            return None
+        return PenaltyLadder(tuple(float(s) for s in self.dodge_lockouts_s), float(self.dodge_decay_s))
 
     @property
     def hosts_matches(self) -> bool:
@@ -278,13 +309,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 window_max=queue.window_max,
                 window_uncertainty=queue.window_uncertainty,
                 region=queue.region,
+                rating_steps=queue.rating_expansion(),
             )
             for name, queue in self.queues.items()
         }
 
 
 # Tables and lists come only from the TOML file.
-_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in ("queues", "static_game_servers"))
+_TABLE_KEYS: Final = ("queues", "static_game_servers", "dodge_lockouts_s")
+_SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in _TABLE_KEYS)
 _QUEUE_NAME = re.compile(ID_PATTERN)
 
 
@@ -461,7 +494,19 @@ def _queue_problems(name: str, table: object) -> list[str]:
     queue = msgspec.convert(table, QueueConfig, strict=False)
     if queue.window_max < queue.window_start:
         problems.append(f"{key}.window_max: {queue.window_max} is below window_start ({queue.window_start})")
+    problems += _steps_problems(f"{key}.rating_steps", queue.rating_steps)
     return problems
+
+
+def _steps_problems(key: str, steps: list[StepConfig] | None) -> list[str]:
+    if steps is None:
+        return []
+    problem = step_problem([ExpansionStep(step.after_s, step.limit) for step in steps])
+    if problem is None:
+        return []
+    if problem.startswith("["):
+        return [f"{key}{problem}"]
+    return [f"{key}: {problem}"]
 
 
 def _suggestion(key: str, known: Iterable[str]) -> str:

@@ -36,6 +36,8 @@ class RemoteError(LobbydError):
 
     code: ClassVar[str] = "invalid_request"
     fatal: ClassVar[bool] = False
+    retry_after_ms: int | None = None
+    """Milliseconds until the same request may succeed, sent in the error when set."""
 
     def __init__(self, message: str, *, rid: int | None = None) -> None:
         super().__init__(message)
@@ -155,6 +157,16 @@ class Unavailable(RemoteError):
     code = "unavailable"
 
 
+class QueueLocked(RemoteError):
+    """A join_queue from a player serving a dodge penalty lockout."""
+
+    code = "queue_locked"
+
+    def __init__(self, message: str, *, retry_after_ms: int, rid: int | None = None) -> None:
+        super().__init__(message, rid=rid)
+        self.retry_after_ms = retry_after_ms
+
+
 # Every error code a client can receive, for protocol.md and the conformance tests.
 # ``internal`` is sent when a request hit a bug of ours; the session stays open.
 ERROR_CODES: tuple[str, ...] = (
@@ -181,6 +193,7 @@ ERROR_CODES: tuple[str, ...] = (
     MatchOver.code,
     UnknownPlayer.code,
     Unavailable.code,
+    QueueLocked.code,
     "internal",
 )
 

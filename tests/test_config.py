@@ -268,3 +268,53 @@ def test_serve_lists_every_problem(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert done.stderr.splitlines() == [f"lobbyd: invalid configuration: {problem}" for problem in check_file(path)]
+
+
+RATING_STEPS = """\
+[queues.duel]
+rating_steps = [{after_s = 0, limit = 50}, {after_s = 15, limit = 100}, {after_s = 30, limit = 200}, {after_s = 90}]
+"""
+
+
+def test_rating_steps_become_expansion(tmp_path: Path) -> None:
+    config = config_module.load(write(tmp_path, RATING_STEPS), environ={})
+
+    rules = config.queue_rules()["duel"]
+
+    assert rules.rating_steps is not None
+    assert [(step.after, step.limit) for step in rules.rating_steps.steps] == [
+        (0.0, 50.0),
+        (15.0, 100.0),
+        (30.0, 200.0),
+        (90.0, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("steps", "problem"),
+    [
+        ("[]", "queues.duel.rating_steps: at least one step is required"),
+        (
+            "[{after_s = 3, limit = 50}]",
+            "queues.duel.rating_steps[0].after_s: the first step must start at 0 seconds, got 3",
+        ),
+        (
+            "[{after_s = 0, limit = 50}, {after_s = 20, limit = 90}, {after_s = 10, limit = 100}]",
+            "queues.duel.rating_steps[2].after_s: 10 must be greater than the previous step's 20",
+        ),
+        (
+            "[{after_s = 0, limit = 50}, {after_s = 10, limit = 20}]",
+            "queues.duel.rating_steps[1].limit: 20 is below the previous step's 50",
+        ),
+        (
+            "[{after_s = 0}, {after_s = 10, limit = 20}]",
+            "queues.duel.rating_steps[0].limit: only the last step may lift the limit",
+        ),
+        ("[{after_s = -1, limit = 5}]", "queues.duel.rating_steps[0].after_s: expected `float` >= 0.0"),
+        ("[{limit = 5}]", "queues.duel.rating_steps[0]: object missing required field `after_s`"),
+    ],
+)
+def test_rating_steps_problem_named(tmp_path: Path, steps: str, problem: str) -> None:
+    path = write(tmp_path, f"[queues.duel]\nrating_steps = {steps}\n")
+
+    assert check_file(path) == [f"{path}:{problem}"]

@@ -30,6 +30,7 @@ from lobbyd.core.hosting import Hosting, HostingSettings
 from lobbyd.core.join_ticket import verify
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import LobbySettings, MatchState, Place, PlayerRecord, QueueRules
+from lobbyd.core.penalties import PenaltyLadder
 from lobbyd.core.ready_check import CheckState
 from lobbyd.errors import (
     AlreadyQueued,
@@ -39,6 +40,7 @@ from lobbyd.errors import (
     InvalidResult,
     MatchOver,
     NotQueued,
+    QueueLocked,
     RemoteError,
     UnknownMatch,
     UnknownPlayer,
@@ -55,7 +57,9 @@ QUEUES = {
 }
 READY_TIMEOUT = 10.0
 FINISHED_TTL = 30.0
-SETTINGS = LobbySettings(ready_timeout=READY_TIMEOUT, finished_ttl=FINISHED_TTL)
+# A warning, then lockouts the time steps below both reach and overrun.
+LADDER = PenaltyLadder(lockouts=(0.0, 5.0, 60.0), decay_after=100.0)
+SETTINGS = LobbySettings(ready_timeout=READY_TIMEOUT, finished_ttl=FINISHED_TTL, penalties=LADDER)
 
 # Steps cross the ready deadline (10 s) both exactly and by far, and stay below it.
 TIME_STEPS = (0.0, 0.5, 3.0, 9.99, 10.0, 25.0, 120.0)
@@ -281,6 +285,12 @@ class LobbyMachine(RuleBasedStateMachine):
                 assert len(notices) == 1, f"{pid} got {len(notices)} match_cancelled"
                 assert notices[0].reason == reason
                 assert notices[0].requeued is expect_back
+                # Only who declined, or who let the check expire, is penalised.
+                dodged = (reason == "declined" and pid == culprit) or (reason == "expired" and pid not in view.accepted)
+                assert (notices[0].penalty_level is not None) is dodged, f"{pid} penalty"
+                if dodged:
+                    assert notices[0].penalty_level == player.penalty_level
+                    assert player.penalty_since == self.now
 
     # Sessions.
 
@@ -374,6 +384,8 @@ class LobbyMachine(RuleBasedStateMachine):
             expected = InReadyCheck
         elif player.place is Place.IN_MATCH:
             expected = InMatch
+        elif player.locked_until > self.now:
+            expected = QueueLocked
 
         effects = self.request(lambda: self.lobby.join_queue(session, queue, self.now, rid), rid, expected)
         self.fresh = []
@@ -408,7 +420,9 @@ class LobbyMachine(RuleBasedStateMachine):
         assert mine[-1] == m.LeftQueue(queue=current, rid=rid)
         cancelled = [msg for msg in mine if isinstance(msg, m.MatchCancelled)]
         if place is Place.READY_CHECK:
-            assert cancelled == [m.MatchCancelled(match=cancelled[0].match, reason="declined", requeued=False)]
+            assert len(cancelled) == 1
+            assert (cancelled[0].reason, cancelled[0].requeued, cancelled[0].rid) == ("declined", False, None)
+            assert cancelled[0].penalty_level == player.penalty_level
         else:
             assert cancelled == []
         assert len(mine) == len(cancelled) + 1
@@ -488,7 +502,10 @@ class LobbyMachine(RuleBasedStateMachine):
             return
         self.track(effects, before, culprit=player.id)
         assert self.outcomes[match] == "cancelled"
-        assert fx.Send(session, m.MatchCancelled(match=match, reason="declined", requeued=False, rid=rid)) in effects
+        mine = [e.message for e in all_sends(effects) if e.session == session]
+        assert len(mine) == 1
+        assert isinstance(mine[0], m.MatchCancelled)
+        assert (mine[0].reason, mine[0].requeued, mine[0].rid) == ("declined", False, rid)
 
     # Time.
 
@@ -580,6 +597,13 @@ class LobbyMachine(RuleBasedStateMachine):
             checked_in = [match for match, check in self.lobby.checks.items() if pid in check.tickets]
             playing_in = [match for match, match_state in hosted.items() if pid in match_state.bound]
             assert len(queued_in) + len(checked_in) + len(playing_in) == (0 if player.place is Place.IDLE else 1)
+
+    @invariant()
+    def no_ticket_during_lockout(self) -> None:
+        for tickets in self.lobby.queues.values():
+            for pid, ticket in tickets.items():
+                player = self.lobby.players[pid]
+                assert ticket.waiting_since >= player.locked_until, f"{pid} queued during a lockout"
 
     @invariant()
     def tickets_belong_to_queued_players(self) -> None:

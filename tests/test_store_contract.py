@@ -157,6 +157,15 @@ async def test_rated_player_round_trips(store: Store) -> None:
     assert await store.load_player(CAROL_RATED.id) == CAROL_RATED
 
 
+async def test_penalised_player_round_trips(store: Store) -> None:
+    dodger = PlayerRecord("p-dan", "Dan", 1500, 1.0, 2.0, penalty_level=2, penalty_since=40.5, locked_until=340.5)
+
+    await store.save([dodger], [])
+
+    assert await store.load_player(dodger.id) == dodger
+    assert await store.load_players([dodger.id]) == {dodger.id: dodger}
+
+
 async def test_history_newest_first(store: Store) -> None:
     await store.save([], [STARTED, CANCELLED, FINISHED, ABANDONED])
 
@@ -427,6 +436,28 @@ def create_version_1(path: pathlib.Path) -> None:
         )
         connection.execute("PRAGMA user_version = 1")
         connection.commit()
+
+
+async def test_sqlite_migrates_version_2_with_clean_records(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "lobbyd.db"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for version in (1, 2):
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+        connection.execute(
+            "INSERT INTO players (id, name, rating, first_seen, last_seen) VALUES ('p2', 'Two', 1600, 1.0, 2.0)"
+        )
+        connection.execute("PRAGMA user_version = 2")
+        connection.commit()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        player = await store.load_player("p2")
+    finally:
+        await store.close()
+
+    assert read_pragma(path, "user_version") == SCHEMA_VERSION
+    assert player == PlayerRecord("p2", "Two", 1600, 1.0, 2.0, penalty_level=0, penalty_since=0.0, locked_until=0.0)
 
 
 async def test_sqlite_migrates_version_1(tmp_path: pathlib.Path) -> None:

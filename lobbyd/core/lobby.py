@@ -13,7 +13,10 @@ once; with them, ``Hosting`` holds the players until the match ends.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping
+
+import msgspec
 
 from lobbyd.core import effects as fx
 from lobbyd.core.hosting import Hosting, HostingSettings
@@ -38,6 +41,7 @@ from lobbyd.errors import (
     InMatch,
     InReadyCheck,
     NotQueued,
+    QueueLocked,
     UnknownMatch,
     UnknownQueue,
 )
@@ -170,6 +174,7 @@ class Lobby:
         if player.place is Place.IN_MATCH:
             msg = f"player {player.id!r} is in match {player.match!r} until it ends or its game server releases them"
             raise InMatch(msg, rid=rid)
+        self._check_lockout(player, now, rid)
 
         ticket = Ticket(player.id, queue, player.rating, now, next(self._seq), skill=player.current_skill)
         self._add_ticket(player, ticket)
@@ -369,6 +374,8 @@ class Lobby:
             player.skill = Skill(record.mu, record.sigma)
             player.rating = display_rating(player.skill, self.settings.rating_k)
         player.games, player.wins = record.games, record.wins
+        player.penalty_level, player.penalty_since = record.penalty_level, record.penalty_since
+        player.locked_until = record.locked_until
         return player
 
     def _player_of(self, session: str) -> Player:
@@ -386,6 +393,31 @@ class Lobby:
         error = m.Error(code=UnknownMatch.code, message=f"match {check.match!r} expired before this answer", rid=rid)
         effects.append(fx.Send(session, error))
         return effects
+
+    def _check_lockout(self, player: Player, now: float, rid: int | None) -> None:
+        remaining = player.penalty.remaining(now)
+        if remaining <= 0:
+            return
+        retry_ms = math.ceil(remaining * 1000)
+        msg = (
+            f"player {player.id!r} declined too many matches and may not queue for {retry_ms} ms "
+            f"(penalty level {player.penalty_level})"
+        )
+        raise QueueLocked(msg, retry_after_ms=retry_ms, rid=rid)
+
+    def _penalise(self, player: Player, match: str, now: float) -> list[fx.Effect]:
+        """Move ``player`` one rung up the dodge ladder and store the new standing."""
+        ladder = self.settings.penalties
+        if ladder is None:
+            return []
+        player.penalty = player.penalty.after_dodge(ladder, now)
+        fields = {
+            "player": player.id,
+            "match": match,
+            "level": player.penalty_level,
+            "lockout_ms": math.ceil(player.penalty.remaining(now) * 1000),
+        }
+        return [fx.SavePlayer(player.record()), fx.Event("dodge_penalised", fields)]
 
     def _check_of(self, player: Player, match: str, rid: int | None) -> ReadyCheck:
         if player.place is Place.READY_CHECK and player.match == match:
@@ -411,10 +443,14 @@ class Lobby:
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
         teams = split_teams(group, rules.team_count, rules.team_size)
-        odds = {}
+        odds: dict[str, object] = {}
         if len(teams) == 2:
             first, second = ([t.current_skill for t in team] for team in teams)
             odds["win_probability"] = round(win_probability(first, second), 3)
+        # take_groups puts the anchor first; its wait chose the expansion step.
+        anchor_wait = now - group[0].waiting_since
+        odds["expansion_step"] = rules.expansion_step(anchor_wait)
+        odds["rating_spread"] = max(t.rating for t in group) - min(t.rating for t in group)
         check = ReadyCheck(
             match=match,
             queue=rules.name,
@@ -476,9 +512,12 @@ class Lobby:
         reason = CANCEL_REASONS[event]
         effects = self._finish(check, now, reason)
         requeued: list[str] = []
+        dodgers = self._dodgers(check, event, culprit)
         for player_id, ticket in check.tickets.items():
             player = self.players[player_id]
             player.place, player.match = Place.IDLE, None
+            if player_id in dodgers:
+                effects.extend(self._penalise(player, check.match, now))
             back = player_id in check.accepted and player_id != culprit and player.session is not None
             back = back and check.queue in self.rules
             if back:
@@ -492,6 +531,11 @@ class Lobby:
                 continue
             echo = rid if player_id == culprit else None
             cancelled = m.MatchCancelled(match=check.match, reason=reason, requeued=back, rid=echo)
+            if player_id in dodgers and self.settings.penalties is not None:
+                lockout_ms = math.ceil(player.penalty.remaining(now) * 1000)
+                cancelled = msgspec.structs.replace(
+                    cancelled, penalty_level=player.penalty_level, lockout_ms=lockout_ms
+                )
             effects.append(fx.Send(target, cancelled))
         effects.append(
             fx.Event(
@@ -500,6 +544,19 @@ class Lobby:
             )
         )
         return effects
+
+    @staticmethod
+    def _dodgers(check: ReadyCheck, event: CheckEvent, culprit: str | None) -> set[str]:
+        """Return the players a cancel penalises: who declined, or who let the check expire.
+
+        A disconnect or a voided check penalises nobody, because the player may never
+        have seen ``match_found``.
+        """
+        if event is CheckEvent.DECLINE and culprit is not None:
+            return {culprit}
+        if event is CheckEvent.EXPIRE:
+            return set(check.tickets) - check.accepted
+        return set()
 
     def _finish(self, check: ReadyCheck, now: float, reason: str) -> list[fx.Effect]:
         del self.checks[check.match]

@@ -12,6 +12,8 @@ from typing import Final
 
 import msgspec
 
+from lobbyd.core.expansion import Expansion
+from lobbyd.core.penalties import Penalty, PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K, Skill, sigma_points, skill_from_rating
 
 DEFAULT_RATING: Final = 1500
@@ -25,6 +27,8 @@ class QueueRules:
     ``window_max``, in rating points, where ``wait`` is in seconds. On top of that comes
     ``window_uncertainty`` times the ticket's sigma in rating points, so that a player
     whose rating is still a rough guess looks further; 0, the default here, turns it off.
+    When ``rating_steps`` is set, it replaces the linear window: the window is the
+    limit of the step the wait reached (``Expansion``), and a lifted limit is infinite.
     ``region`` is where game servers for this queue's matches must be.
     """
 
@@ -36,6 +40,7 @@ class QueueRules:
     window_max: float = 1000.0
     window_uncertainty: float = 0.0
     region: str = "default"
+    rating_steps: Expansion | None = None
 
     @property
     def match_size(self) -> int:
@@ -46,8 +51,16 @@ class QueueRules:
 
         ``uncertainty`` is the ticket's sigma in rating points.
         """
+        if self.rating_steps is not None:
+            return self.rating_steps.limit_at(wait) + self.window_uncertainty * uncertainty
         grown = min(self.window_start + self.window_growth * max(wait, 0.0), self.window_max)
         return grown + self.window_uncertainty * uncertainty
+
+    def expansion_step(self, wait: float) -> int | None:
+        """Return the rating step a ticket that waited ``wait`` seconds is on; None without steps."""
+        if self.rating_steps is None:
+            return None
+        return self.rating_steps.step_at(wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,9 @@ class LobbySettings:
 
     rating_k: float = DEFAULT_ORDINAL_K
     """How many sigmas the display rating subtracts from mu."""
+
+    penalties: PenaltyLadder | None = None
+    """The dodge penalty ladder; None lets players decline without consequence."""
 
 
 class Place(enum.Enum):
@@ -102,6 +118,16 @@ class PlayerRecord:
     """Rated matches played."""
     wins: int = 0
     """Rated matches whose first place the player's team took alone."""
+    penalty_level: int = 0
+    """Rung of the dodge penalty ladder at ``penalty_since``; 0 is a clean record."""
+    penalty_since: float = 0.0
+    """When the last dodge happened."""
+    locked_until: float = 0.0
+    """When the lockout of the last dodge ends; join_queue is rejected before then."""
+
+    @property
+    def penalty(self) -> Penalty:
+        return Penalty(self.penalty_level, self.penalty_since, self.locked_until)
 
 
 # Player and Ticket are msgspec Structs with gc=False: they hold only strings,
@@ -126,16 +152,38 @@ class Player(msgspec.Struct, gc=False):
     """None until the first rated match: see ``PlayerRecord``."""
     games: int = 0
     wins: int = 0
+    penalty_level: int = 0
+    penalty_since: float = 0.0
+    locked_until: float = 0.0
 
     @property
     def current_skill(self) -> Skill:
         return self.skill if self.skill is not None else skill_from_rating(self.rating)
 
+    @property
+    def penalty(self) -> Penalty:
+        return Penalty(self.penalty_level, self.penalty_since, self.locked_until)
+
+    @penalty.setter
+    def penalty(self, value: Penalty) -> None:
+        self.penalty_level, self.penalty_since, self.locked_until = value.level, value.since, value.locked_until
+
     def record(self) -> PlayerRecord:
         mu = self.skill.mu if self.skill is not None else None
         sigma = self.skill.sigma if self.skill is not None else None
         return PlayerRecord(
-            self.id, self.name, self.rating, self.first_seen, self.last_seen, mu, sigma, self.games, self.wins
+            self.id,
+            self.name,
+            self.rating,
+            self.first_seen,
+            self.last_seen,
+            mu,
+            sigma,
+            self.games,
+            self.wins,
+            self.penalty_level,
+            self.penalty_since,
+            self.locked_until,
         )
 
 

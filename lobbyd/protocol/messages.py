@@ -188,6 +188,10 @@ class MatchCancelled(_Message, tag="match_cancelled", frozen=True):
     match: str
     reason: str
     requeued: bool
+    penalty_level: int | None = None
+    """The receiver's rung on the dodge penalty ladder, sent only to a player this cancel penalised."""
+    lockout_ms: int | None = None
+    """Milliseconds the penalised receiver may not queue; 0 for a warning."""
 
 
 class MatchStart(_Message, tag="match_start", frozen=True):

@@ -308,6 +308,7 @@ class Server:
             ready_timeout=config.ready_check_timeout_ms / 1000,
             heartbeat_ms=config.heartbeat_interval_ms,
             dev_mode=verifier.dev_mode,
+            penalties=config.penalty_ladder(),
         )
         self.matchmaker.apply(self.lobby.replace_rules(config.queue_rules(), time.time()))
         self.matchmaker.tick_interval = config.tick_interval_ms / 1000

@@ -118,7 +118,7 @@ class MatchmakerLoop:
         try:
             self.apply(self._dispatch(request))
         except RemoteError as exc:
-            session.send(m.Error(code=exc.code, message=exc.message, rid=exc.rid))
+            session.send(m.Error(code=exc.code, message=exc.message, rid=exc.rid, retry_after_ms=exc.retry_after_ms))
             session.log.info("request_rejected", code=exc.code)
         except Exception:
             session.log.exception("request_failed", request=type(request).__name__)

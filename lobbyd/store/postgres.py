@@ -29,7 +29,7 @@ import msgspec
 from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Statements that migrate the schema from version ``n - 1`` to ``n``, keyed by ``n``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -112,6 +112,12 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         WHERE m.state = 'started'
         """,
     ),
+    # The dodge-penalty ladder of each player.
+    3: (
+        "ALTER TABLE players ADD COLUMN penalty_level integer NOT NULL DEFAULT 0",
+        "ALTER TABLE players ADD COLUMN penalty_since double precision NOT NULL DEFAULT 0",
+        "ALTER TABLE players ADD COLUMN locked_until double precision NOT NULL DEFAULT 0",
+    ),
 }
 
 _CREATE_MIGRATIONS_TABLE: Final = """
@@ -122,9 +128,14 @@ _CREATE_MIGRATIONS_TABLE: Final = """
 """
 
 _UPSERT_PLAYER: Final = """
-    INSERT INTO players (id, name, rating, first_seen, last_seen, mu, sigma, games, wins)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    INSERT INTO players (
+        id, name, rating, first_seen, last_seen, mu, sigma, games, wins, penalty_level, penalty_since, locked_until
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (id) DO UPDATE SET
+        penalty_level = excluded.penalty_level,
+        penalty_since = excluded.penalty_since,
+        locked_until = excluded.locked_until,
         name = excluded.name,
         rating = excluded.rating,
         first_seen = excluded.first_seen,
@@ -156,7 +167,8 @@ _UPSERT_MATCH: Final = """
 """
 
 _SELECT_PLAYERS: Final = (
-    "SELECT id, name, rating, first_seen, last_seen, mu, sigma, games, wins FROM players WHERE id = ANY($1::text[])"
+    "SELECT id, name, rating, first_seen, last_seen, mu, sigma, games, wins, penalty_level, penalty_since,"
+    " locked_until FROM players WHERE id = ANY($1::text[])"
 )
 
 _UPSERT_MATCH_PLAYER: Final = """
@@ -276,7 +288,11 @@ class PostgresStore:
     async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
         """Upsert ``players`` and ``matches`` in one transaction: all of them or none."""
         player_rows = [
-            (p.id, p.name, p.rating, p.first_seen, p.last_seen, p.mu, p.sigma, p.games, p.wins) for p in players
+            (
+                p.id, p.name, p.rating, p.first_seen, p.last_seen, p.mu, p.sigma, p.games, p.wins,
+                p.penalty_level, p.penalty_since, p.locked_until,
+            )
+            for p in players
         ]
         match_rows = [_match_row(record) for record in matches]
         history_rows = [row for record in matches for row in _match_player_rows(record)]

@@ -24,7 +24,7 @@ import msgspec
 from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Statements that migrate a database from schema version ``n - 1`` to ``n``, keyed by ``n``.
 MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
@@ -89,6 +89,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         WHERE m.state = 'started'
         """,
     ),
+    # Version 3: each player's standing on the dodge penalty ladder, so that a
+    # lockout survives a restart.
+    3: (
+        "ALTER TABLE players ADD COLUMN penalty_level INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE players ADD COLUMN penalty_since REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE players ADD COLUMN locked_until REAL NOT NULL DEFAULT 0",
+    ),
 }
 
 # In WAL mode, NORMAL loses no committed transaction when the process crashes or is
@@ -102,8 +109,11 @@ SYNCHRONOUS_MODES: Final = ("normal", "full")
 BUSY_TIMEOUT_MS: Final = 5_000
 
 _UPSERT_PLAYER: Final = """
-    INSERT INTO players (id, name, rating, first_seen, last_seen, mu, sigma, games, wins)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO players (
+        id, name, rating, first_seen, last_seen, mu, sigma, games, wins,
+        penalty_level, penalty_since, locked_until
+    )
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         name = excluded.name,
         rating = excluded.rating,
@@ -112,7 +122,10 @@ _UPSERT_PLAYER: Final = """
         mu = excluded.mu,
         sigma = excluded.sigma,
         games = excluded.games,
-        wins = excluded.wins
+        wins = excluded.wins,
+        penalty_level = excluded.penalty_level,
+        penalty_since = excluded.penalty_since,
+        locked_until = excluded.locked_until
 """
 
 _UPSERT_MATCH: Final = """
@@ -147,6 +160,11 @@ _UPSERT_MATCH_PLAYER: Final = """
         rating_after = excluded.rating_after,
         created_at = excluded.created_at
 """
+
+# The columns of a players row in PlayerRecord's field order.
+_PLAYER_COLUMNS: Final = (
+    "id, name, rating, first_seen, last_seen, mu, sigma, games, wins, penalty_level, penalty_since, locked_until"
+)
 
 _SELECT_HISTORY: Final = """
     SELECT mp.match_id, m.queue, m.state, m.reason, mp.team, mp.rank, mp.score,
@@ -355,6 +373,9 @@ def _player_row(record: PlayerRecord) -> tuple[object, ...]:
         record.sigma,
         record.games,
         record.wins,
+        record.penalty_level,
+        record.penalty_since,
+        record.locked_until,
     )
 
 
@@ -408,13 +429,10 @@ def _upsert(
 
 
 def _select_player(connection: sqlite3.Connection, player_id: str) -> PlayerRecord | None:
-    row = connection.execute(
-        "SELECT name, rating, first_seen, last_seen, mu, sigma, games, wins FROM players WHERE id = ?", (player_id,)
-    ).fetchone()
+    row = connection.execute(f"SELECT {_PLAYER_COLUMNS} FROM players WHERE id = ?", (player_id,)).fetchone()
     if row is None:
         return None
-    name, rating, first_seen, last_seen, mu, sigma, games, wins = row
-    return PlayerRecord(player_id, name, rating, first_seen, last_seen, mu, sigma, games, wins)
+    return PlayerRecord(*row)
 
 
 # SQLite allows 32,766 host parameters per statement since 3.32; 500 keeps each
@@ -428,8 +446,7 @@ def _select_players(connection: sqlite3.Connection, player_ids: list[str]) -> di
         chunk = player_ids[start : start + _SELECT_CHUNK]
         # Only "?" placeholders are formatted into the SQL; the ids are bound parameters.
         marks = ",".join("?" * len(chunk))
-        columns = "id, name, rating, first_seen, last_seen, mu, sigma, games, wins"
-        query = f"SELECT {columns} FROM players WHERE id IN ({marks})"
+        query = f"SELECT {_PLAYER_COLUMNS} FROM players WHERE id IN ({marks})"
         for player_id, *fields in connection.execute(query, chunk):
             found[player_id] = PlayerRecord(player_id, *fields)
     return found

@@ -104,6 +104,9 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         match=MATCH, reason="declined", requeued=False, rid=6
     ),
     "match_cancelled_expired": m.MatchCancelled(match=MATCH, reason="expired", requeued=False),
+    "match_cancelled_penalised": m.MatchCancelled(
+        match=MATCH, reason="declined", requeued=False, penalty_level=2, lockout_ms=300_000, rid=6
+    ),
     "match_cancelled_disconnected": m.MatchCancelled(
         match=MATCH, reason="disconnected", requeued=True
     ),
@@ -192,6 +195,12 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     ),
     "error_not_authenticated": m.Error(
         code="not_authenticated", message="send hello before 'join_queue'", rid=8
+    ),
+    "error_queue_locked": m.Error(
+        code="queue_locked",
+        message="player 'alice' declined too many matches and may not queue for 299500 ms (penalty level 2)",
+        rid=3,
+        retry_after_ms=299_500,
     ),
 }
 
