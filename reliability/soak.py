@@ -10,9 +10,9 @@ The daemon's RSS is sampled every second. The run compares the median RSS of the
 ``WINDOW_SECONDS`` that end the warm-up with the median of the last
 ``WINDOW_SECONDS`` of the run, both at full load. The warm-up lasts longer than the
 lobby's 300-second memory of finished ready checks, so both windows hold a full
-set of them. After the load, every bot disconnects; once the idle TTL and a
+set of them. After the load, every bot disconnects. Once the idle TTL and a
 cleanup have passed, the daemon's ``cleanup_done`` event must count one player and
-one session, the probe's. The run fails on a difference above ``--max-growth-percent``, on state
+one session, which are the probe's. The run fails on a difference above ``--max-growth-percent``, on state
 left behind, on an error-level log event, or when the probe client loses a ping.
 """
 

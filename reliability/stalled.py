@@ -7,10 +7,10 @@ logs in with a small receive buffer and a 64-character player id. Then it sends
 it as a slow consumer. The daemon replies to each 22-byte request with a ``not_queued``
 error of about 110 bytes, which names the player, so the unread replies pile up
 five times faster than the requests. The readers together send
-``--total-requests-per-second``, well below what the daemon handles on one core,
-because the point is the memory of unread replies and not a CPU flood. The
-daemon's RSS is sampled from /proc all along, while a probe client in its own
-process keeps pinging.
+``--total-requests-per-second``. The default of 50,000 is half the rate that
+saturated the daemon in the run recorded in docs/reliability.md, because the point
+is the memory of unread replies and not a CPU flood. The daemon's RSS is sampled
+from /proc all along, while a probe client in its own process keeps pinging.
 
 The run passes when the daemon dropped every stalled reader, the peak RSS growth
 of every round stays under ``clients * (max_outgoing_bytes + SESSION_ALLOWANCE)``,
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import socket
 import sys
 import tempfile
@@ -43,9 +44,14 @@ from tests.daemon import HOST, DaemonProcess, running_daemon
 # flight, so the bytes sent are close to the bytes the daemon processed.
 RECEIVE_BUFFER: Final = 4096
 SEND_BUFFER: Final = 65_536
+# Milliseconds of unacknowledged sending after which the reader's kernel gives up on
+# the connection. A reader with a zero receive window ignores the daemon's reset,
+# whose sequence number lies past that window, and would learn of the drop only from
+# its next zero-window probe, minutes later after backoff.
+USER_TIMEOUT_MS: Final = 3000
 REQUESTS_PER_WRITE: Final = 100
 # Seconds a stalled reader may send before the run counts it as never dropped.
-STALL_DEADLINE: Final = 60.0
+STALL_DEADLINE: Final = 240.0
 # How often the daemon's RSS is sampled, in seconds.
 SAMPLE_INTERVAL: Final = 0.05
 # Memory a session may use besides its unsent replies, in bytes. It covers a 64 KiB
@@ -61,9 +67,9 @@ CLIENTS_PER_SOURCE: Final = 200
 
 class StalledOptions(msgspec.Struct, frozen=True):
     clients: int = 200
-    rounds: int = 3
+    rounds: int = 2
     max_outgoing_bytes: int = 256 * 1024
-    total_requests_per_second: int = 100_000
+    total_requests_per_second: int = 50_000
     max_p99_ms: float = 250.0
 
 
@@ -159,6 +165,7 @@ async def stalled_reader(port: int, source: str, player: str, interval: float) -
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
     sock.bind((source, 0))
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
@@ -178,11 +185,13 @@ async def stalled_reader(port: int, source: str, player: str, interval: float) -
     except (ConnectionError, RuntimeError):
         # uvloop raises RuntimeError for a write to a transport that the reset closed.
         return sent, True
-    except TimeoutError:
-        return sent, False
+    except TimeoutError as exc:
+        # ETIMEDOUT is USER_TIMEOUT_MS passing with the daemon's side gone; no errno is
+        # STALL_DEADLINE passing while the daemon still accepted requests.
+        return sent, exc.errno == errno.ETIMEDOUT
     finally:
         writer.close()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
 
 
@@ -217,10 +226,10 @@ def _failures(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.stalled", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=200, help="stalled readers per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of stalled readers")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of stalled readers")
     parser.add_argument("--max-outgoing-bytes", type=int, default=256 * 1024, help="the daemon's max_outgoing_bytes")
     parser.add_argument(
-        "--total-requests-per-second", type=int, default=100_000, help="requests per second of all readers together"
+        "--total-requests-per-second", type=int, default=50_000, help="requests per second of all readers together"
     )
     parser.add_argument("--max-p99-ms", type=float, default=250.0, help="largest probe p99 latency that passes")
     parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
