@@ -526,6 +526,8 @@ class Lobby:
         odds["expansion_step"] = rules.expansion_step(anchor_wait)
         ratings = [t.rating_of(p) for t in group for p in t.players]
         odds["rating_spread"] = max(ratings) - min(ratings)
+        odds["anchor_wait"] = round(anchor_wait, 3)
+        odds["region"] = rules.region
         check = ReadyCheck(
             match=match,
             queue=rules.name,
@@ -533,6 +535,7 @@ class Lobby:
             tickets={p: t for t in group for p in t.players},
             created_at=now,
             deadline=now + self.settings.ready_timeout,
+            explanation=dict(odds),
         )
         self.checks[match] = check
 
@@ -659,4 +662,5 @@ class Lobby:
             ended_at=now,
             reason=reason,
             waits=tuple(round(check.created_at - check.tickets[p].waiting_since, 3) for p in order),
+            explanation=check.explanation or None,
         )

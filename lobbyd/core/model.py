@@ -7,6 +7,7 @@ Times are seconds since the Unix epoch as floats, passed in by the caller as
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -275,6 +276,9 @@ class MatchRecord:
     """Per-player scores the game server reported, parallel to ``teams``."""
     ratings_after: tuple[tuple[int, ...], ...] | None = None
     """Display ratings after the result, parallel to ``teams``."""
+    explanation: Mapping[str, object] | None = None
+    """Why the matchmaker formed the match: ``expansion_step``, ``rating_spread``,
+    ``win_probability`` (two teams only), ``region`` and ``anchor_wait`` in seconds."""
 
 
 @dataclass(frozen=True, slots=True)

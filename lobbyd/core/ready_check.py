@@ -86,6 +86,8 @@ class ReadyCheck:
     deadline: float
     accepted: set[str] = field(default_factory=set)
     state: CheckState = CheckState.PENDING
+    explanation: dict[str, object] = field(default_factory=dict)
+    """Why the match formed, stored with its record."""
 
     @property
     def players(self) -> tuple[str, ...]:

@@ -258,6 +258,7 @@ class MatchmakerLoop:
             match=record.id,
             queue=record.queue,
             teams=[list(t) for t in record.teams],
+            explanation=record.explanation,
             commit_ms=round((committed - began) * 1000, 2),
             start_ms=round((time.perf_counter() - began) * 1000, 2),
         )
