@@ -61,6 +61,12 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     rating_steps: list[StepConfig] | None = None
     """Rating gap steps, in points, by the anchor's wait. When set, they replace the window_* ramp."""
 
+    party_sizes: list[Annotated[int, msgspec.Meta(ge=1, le=64)]] = msgspec.field(default_factory=lambda: [1])
+    """Party sizes that may queue, each at most team_size; 1 lets solo players queue."""
+
+    max_premade_gap: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
+    """Largest difference between the biggest party on any two teams; unset, no cap."""
+
     def rating_expansion(self) -> Expansion | None:
         if self.rating_steps is None:
             return None
@@ -310,6 +316,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 window_uncertainty=queue.window_uncertainty,
                 region=queue.region,
                 rating_steps=queue.rating_expansion(),
+                party_sizes=tuple(sorted(set(queue.party_sizes))),
+                max_premade_gap=queue.max_premade_gap,
             )
             for name, queue in self.queues.items()
         }
@@ -495,6 +503,11 @@ def _queue_problems(name: str, table: object) -> list[str]:
     if queue.window_max < queue.window_start:
         problems.append(f"{key}.window_max: {queue.window_max} is below window_start ({queue.window_start})")
     problems += _steps_problems(f"{key}.rating_steps", queue.rating_steps)
+    too_big = [size for size in queue.party_sizes if size > queue.team_size]
+    if too_big:
+        problems.append(f"{key}.party_sizes: {too_big} exceed team_size ({queue.team_size}); a party plays on one team")
+    if not queue.party_sizes:
+        problems.append(f"{key}.party_sizes: at least one party size is required; [1] lets solo players queue")
     return problems
 
 

@@ -157,6 +157,38 @@ class Unavailable(RemoteError):
     code = "unavailable"
 
 
+class InvalidPartySize(RemoteError):
+    """A join_queue whose party size the queue does not take."""
+
+    code = "invalid_party_size"
+
+
+class AlreadyInParty(RemoteError):
+    code = "already_in_party"
+
+
+class NotInParty(RemoteError):
+    code = "not_in_party"
+
+
+class NotPartyLeader(RemoteError):
+    """A request only the party's leader may send: join_queue, invite, kick, promote."""
+
+    code = "not_party_leader"
+
+
+class UnknownParty(RemoteError):
+    """A party that does not exist, or that did not invite the player."""
+
+    code = "unknown_party"
+
+
+class PartyFull(RemoteError):
+    """An invite or join that would make the party larger than any queue takes."""
+
+    code = "party_full"
+
+
 class QueueLocked(RemoteError):
     """A join_queue from a player serving a dodge penalty lockout."""
 
@@ -194,6 +226,12 @@ ERROR_CODES: tuple[str, ...] = (
     UnknownPlayer.code,
     Unavailable.code,
     QueueLocked.code,
+    InvalidPartySize.code,
+    AlreadyInParty.code,
+    NotInParty.code,
+    NotPartyLeader.code,
+    UnknownParty.code,
+    PartyFull.code,
     "internal",
 )
 

@@ -53,6 +53,13 @@ CLIENT_CASES: list[tuple[dict[str, Any], m.ClientMessage]] = [
     ({"type": "get_profile", "rid": 6}, m.GetProfile(rid=6)),
     ({"type": "get_history"}, m.GetHistory()),
     ({"type": "get_history", "limit": 100}, m.GetHistory(limit=100)),
+    ({"type": "create_party"}, m.CreateParty()),
+    ({"type": "invite_to_party", "player": "bob", "rid": 2}, m.InviteToParty(player="bob", rid=2)),
+    ({"type": "join_party", "party": "party1"}, m.JoinParty(party="party1")),
+    ({"type": "decline_party", "party": "party1"}, m.DeclineParty(party="party1")),
+    ({"type": "leave_party"}, m.LeaveParty()),
+    ({"type": "kick_from_party", "player": "bob"}, m.KickFromParty(player="bob")),
+    ({"type": "promote_in_party", "player": "bob"}, m.PromoteInParty(player="bob")),
     (
         {
             "type": "register",

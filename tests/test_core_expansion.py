@@ -6,11 +6,12 @@ import math
 
 import pytest
 
+from lobbyd.core import effects as fx
 from lobbyd.core.expansion import Expansion
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.matchmaker import find_groups
 from lobbyd.core.model import QueueRules, Ticket
-from tests.test_core_lobby import SETTINGS, login, match_ids, queue_up
+from tests.test_core_lobby import SETTINGS, login, match_ids, queue_up, session
 
 # Rating gap 50 at 0 s, 100 at 15 s, 200 at 30 s, no limit after 90 s.
 STEPS = Expansion.of((0, 50), (15, 100), (30, 200), (90, None))
@@ -104,3 +105,24 @@ def test_lobby_logs_expansion_step() -> None:
     assert len(found) == 1
     assert found[0].fields["expansion_step"] == 2  # type: ignore[attr-defined]
     assert found[0].fields["rating_spread"] == 150  # type: ignore[attr-defined]
+
+
+def test_started_match_stores_explanation() -> None:
+    lobby = Lobby({"duel": DUEL}, SETTINGS, match_ids())
+    login(lobby, "a", rating=1500)
+    login(lobby, "b", rating=1580)
+    queue_up(lobby, "duel", ["a", "b"], now=100.0)
+    lobby.tick(116.0)
+
+    lobby.accept(session("a"), "m1", 117.0)
+    effects = lobby.accept(session("b"), "m1", 118.0)
+
+    starts = [effect for effect in effects if isinstance(effect, fx.StartMatch)]
+    assert len(starts) == 1
+    assert starts[0].record.explanation == {
+        "win_probability": 0.452,
+        "expansion_step": 1,
+        "rating_spread": 80,
+        "anchor_wait": 16.0,
+        "region": "default",
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import pathlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -155,6 +156,15 @@ async def test_rated_player_round_trips(store: Store) -> None:
     await store.save([CAROL_RATED], [])
 
     assert await store.load_player(CAROL_RATED.id) == CAROL_RATED
+
+
+async def test_match_explanation_round_trips(store: Store) -> None:
+    why = {"expansion_step": 2, "rating_spread": 150, "win_probability": 0.512, "region": "eu", "anchor_wait": 31.5}
+    explained = dataclasses.replace(STARTED, id="m-explained", explanation=why)
+
+    await store.save([], [explained])
+
+    assert await store.load_match(explained.id) == explained
 
 
 async def test_penalised_player_round_trips(store: Store) -> None:

@@ -382,8 +382,8 @@ class Hosting:
             player = self.lobby.players[player_id]
             player.place, player.match = Place.IDLE, None
             if player.session is not None:
-                self.lobby.requeue(player, ticket)
-                message = m.MatchCancelled(match=record.id, reason=reason, requeued=True)
+                back = self.lobby.requeue(player, ticket)
+                message = m.MatchCancelled(match=record.id, reason=reason, requeued=back)
                 effects.append(fx.Send(player.session, message))
         return effects
 

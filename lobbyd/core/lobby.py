@@ -32,14 +32,13 @@ from lobbyd.core.model import (
     QueueRules,
     Ticket,
 )
+from lobbyd.core.parties import Parties, require_idle
 from lobbyd.core.pool import TicketPool
 from lobbyd.core.ratings import Skill, display_rating, win_probability
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
-    AlreadyQueued,
-    InMatch,
-    InReadyCheck,
+    InvalidPartySize,
     NotQueued,
     QueueLocked,
     UnknownMatch,
@@ -74,6 +73,9 @@ class Lobby:
         # matches to form; the server then ticks again without waiting an interval.
         self.more_to_match = False
         self.hosting = Hosting(self, hosting) if hosting is not None else None
+        # Party members to the pool key (the leader's id) of their party's ticket.
+        self.ticket_keys: dict[str, str] = {}
+        self.parties = Parties(self)
 
     # Sessions.
 
@@ -145,6 +147,12 @@ class Lobby:
             return []
 
         effects: list[fx.Effect] = []
+        if player.party is not None:
+            # Leaving the party also ends the party's ticket or ready check. The
+            # session goes first, so that nothing is sent to it or requeued for it.
+            player.session = None
+            effects.extend(self.parties.remove_member(player, "disconnected", now))
+        self.parties.drop_invites(player_id)
         if player.place is Place.QUEUED:
             queue = self._remove_ticket(player)
             effects.append(fx.Event("queue_left", {"player": player_id, "queue": queue, "reason": "disconnected"}))
@@ -165,16 +173,11 @@ class Lobby:
             known = ", ".join(sorted(self.rules))
             msg = f"queue {queue!r} does not exist: this server has {known}"
             raise UnknownQueue(msg, rid=rid)
-        if player.place is Place.QUEUED:
-            msg = f"player {player.id!r} is already in queue {player.queue!r}; leave it first"
-            raise AlreadyQueued(msg, rid=rid)
-        if player.place is Place.READY_CHECK:
-            msg = f"player {player.id!r} is in the ready check of match {player.match!r}; accept or decline it first"
-            raise InReadyCheck(msg, rid=rid)
-        if player.place is Place.IN_MATCH:
-            msg = f"player {player.id!r} is in match {player.match!r} until it ends or its game server releases them"
-            raise InMatch(msg, rid=rid)
+        require_idle(player, rid)
         self._check_lockout(player, now, rid)
+        if player.party is not None:
+            return self.parties.join_queue(player, self.rules[queue], now, rid)
+        self._check_party_size(self.rules[queue], 1, rid)
 
         ticket = Ticket(player.id, queue, player.rating, now, next(self._seq), skill=player.current_skill)
         self._add_ticket(player, ticket)
@@ -207,7 +210,7 @@ class Lobby:
             assert player.match is not None
             effects.extend(self._cancel(self.checks[player.match], CheckEvent.DECLINE, player.id, now))
         else:
-            self._remove_ticket(player)
+            effects.extend(self._drop_ticket(player, "member_left_queue"))
         effects.append(fx.Send(session, m.LeftQueue(queue=current, rid=rid)))
         effects.append(fx.Event("queue_left", {"player": player.id, "queue": current, "reason": "requested"}))
         return effects
@@ -267,10 +270,34 @@ class Lobby:
         )
         return [fx.Send(session, profile)]
 
-    def requeue(self, player: Player, ticket: Ticket) -> None:
-        """Put ``player`` back in the queue ahead of newer tickets, keeping their wait."""
+    def requeue(self, player: Player, ticket: Ticket) -> bool:
+        """Put ``player`` back in the queue ahead of newer tickets, keeping their wait.
+
+        The members of a party share the ticket: the first call queues it for all of
+        them, and later calls for the other members find it queued already. Returns
+        False, and leaves the player idle, when the ticket is stale: its party changed
+        or lost a member's connection since the match formed.
+        """
         ticket.priority = True
+        if self.queues[ticket.queue].get(ticket.player) is ticket:
+            player.place, player.queue = Place.QUEUED, ticket.queue
+            return True
+        if not self._ticket_current(ticket):
+            return False
         self._add_ticket(player, ticket)
+        return True
+
+    def _ticket_current(self, ticket: Ticket) -> bool:
+        """Return True when every player on ``ticket`` is connected and a party ticket still matches its party."""
+        if ticket.queue not in self.rules:
+            return False
+        if any(self.players[p].session is None for p in ticket.players):
+            return False
+        if not ticket.members:
+            return True
+        party_id = self.players[ticket.player].party
+        party = self.parties.parties.get(party_id) if party_id is not None else None
+        return party is not None and party.members == list(ticket.members)
 
     # Time.
 
@@ -307,14 +334,21 @@ class Lobby:
         lost = set(unreachable)
         check.apply(CheckEvent.VOID)
         effects = self._finish(check, now, "undeliverable")
-        for player_id, ticket in check.tickets.items():
+        for player_id in check.tickets:
             player = self.players[player_id]
             player.place, player.match = Place.IDLE, None
+        back = self._requeueable(check, lambda ticket: not any(p in lost for p in ticket.players))
+        for player_id, ticket in check.tickets.items():
+            player = self.players[player_id]
             if player_id in lost or player.session is None:
                 continue
-            if check.queue in self.rules:
-                ticket.priority = True
-                self._add_ticket(player, ticket)
+            if id(ticket) in back:
+                if player.place is Place.IDLE:
+                    ticket.priority = True
+                    self._add_ticket(player, ticket)
+            elif check.queue in self.rules:
+                # A party whose member was unreachable cannot go back whole.
+                effects.append(fx.Send(player.session, m.LeftQueue(queue=check.queue, reason="party_changed")))
             else:
                 # The player still believes they are queued, so they must hear that the queue is gone.
                 effects.append(fx.Send(player.session, m.LeftQueue(queue=check.queue, reason="queue_removed")))
@@ -332,12 +366,12 @@ class Lobby:
         effects: list[fx.Effect] = []
         for name in [name for name in self.queues if name not in queues]:
             for ticket in list(self.queues[name].values()):
-                player = self.players[ticket.player]
-                self._remove_ticket(player)
-                if player.session is not None:
-                    effects.append(fx.Send(player.session, m.LeftQueue(queue=name, reason="queue_removed")))
-                fields = {"player": player.id, "queue": name, "reason": "queue_removed"}
-                effects.append(fx.Event("queue_left", fields))
+                self._remove_ticket(self.players[ticket.player])
+                for player in (self.players[p] for p in ticket.players):
+                    if player.session is not None:
+                        effects.append(fx.Send(player.session, m.LeftQueue(queue=name, reason="queue_removed")))
+                    fields = {"player": player.id, "queue": name, "reason": "queue_removed"}
+                    effects.append(fx.Event("queue_left", fields))
             del self.queues[name]
         for name in queues:
             self.queues.setdefault(name, TicketPool())
@@ -430,45 +464,90 @@ class Lobby:
         raise UnknownMatch(msg, rid=rid)
 
     def _add_ticket(self, player: Player, ticket: Ticket) -> None:
+        """Queue ``ticket``, which is ``player``'s own or their party's, for every player on it."""
         self.queues[ticket.queue].add(ticket)
         player.place, player.queue = Place.QUEUED, ticket.queue
+        for member in ticket.members:
+            self.players[member].place, self.players[member].queue = Place.QUEUED, ticket.queue
+            self.ticket_keys[member] = ticket.player
 
     def _remove_ticket(self, player: Player) -> str:
+        """Remove ``player``'s ticket, or their party's, and make every player on it idle."""
         queue = player.queue
         assert queue is not None
-        self.queues[queue].remove(player.id)
+        ticket = self.queues[queue].remove(self.ticket_keys.get(player.id, player.id))
         player.place, player.queue = Place.IDLE, None
+        for member in ticket.members:
+            self.players[member].place, self.players[member].queue = Place.IDLE, None
+            self.ticket_keys.pop(member, None)
         return queue
+
+    def _drop_ticket(self, player: Player, reason: str) -> list[fx.Effect]:
+        """Remove ``player``'s ticket; the other members of a party ticket get ``left_queue`` {``reason``}."""
+        key = self.ticket_keys.get(player.id, player.id)
+        assert player.queue is not None
+        ticket = self.queues[player.queue][key]
+        queue = self._remove_ticket(player)
+        effects: list[fx.Effect] = []
+        for member in ticket.members:
+            target = self.players[member].session
+            if member != player.id and target is not None:
+                effects.append(fx.Send(target, m.LeftQueue(queue=queue, reason=reason)))
+        return effects
+
+    def _check_party_size(self, rules: QueueRules, size: int, rid: int | None) -> None:
+        if size in rules.party_sizes:
+            return
+        allowed = ", ".join(str(n) for n in rules.party_sizes)
+        msg = f"queue {rules.name!r} takes parties of {allowed} players, not {size}"
+        raise InvalidPartySize(msg, rid=rid)
+
+    def _requeueable(self, check: ReadyCheck, keep: Callable[[Ticket], bool]) -> set[int]:
+        """Return the ids of the check's tickets that go back to the queue: ``keep`` passes,
+        every player on them is connected, and the queue still exists."""
+        if check.queue not in self.rules:
+            return set()
+        back = set()
+        for ticket in {id(t): t for t in check.tickets.values()}.values():
+            connected = all(self.players[p].session is not None for p in ticket.players)
+            if connected and keep(ticket):
+                back.add(id(ticket))
+        return back
 
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
-        teams = split_teams(group, rules.team_count, rules.team_size)
+        teams = split_teams(group, rules.team_count, rules.team_size, rules.max_premade_gap)
         odds: dict[str, object] = {}
         if len(teams) == 2:
-            first, second = ([t.current_skill for t in team] for team in teams)
+            first, second = ([skill for t in team for skill in t.skills] for team in teams)
             odds["win_probability"] = round(win_probability(first, second), 3)
         # take_groups puts the anchor first; its wait chose the expansion step.
         anchor_wait = now - group[0].waiting_since
         odds["expansion_step"] = rules.expansion_step(anchor_wait)
-        odds["rating_spread"] = max(t.rating for t in group) - min(t.rating for t in group)
+        ratings = [t.rating_of(p) for t in group for p in t.players]
+        odds["rating_spread"] = max(ratings) - min(ratings)
+        odds["anchor_wait"] = round(anchor_wait, 3)
+        odds["region"] = rules.region
         check = ReadyCheck(
             match=match,
             queue=rules.name,
-            teams=tuple(tuple(t.player for t in team) for team in teams),
-            tickets={t.player: t for t in group},
+            teams=tuple(tuple(p for t in team for p in t.players) for team in teams),
+            tickets={p: t for t in group for p in t.players},
             created_at=now,
             deadline=now + self.settings.ready_timeout,
+            explanation=dict(odds),
         )
         self.checks[match] = check
 
         sends = []
         accept_ms = round(self.settings.ready_timeout * 1000)
-        for ticket in group:
-            player = self.players[ticket.player]
+        for player_id in check.tickets:
+            player = self.players[player_id]
             # take_groups already removed the ticket from the pool.
             player.place, player.queue, player.match = Place.READY_CHECK, None, match
+            self.ticket_keys.pop(player_id, None)
             assert player.session is not None
-            found = m.MatchFound(match=match, queue=rules.name, players=len(group), accept_ms=accept_ms)
+            found = m.MatchFound(match=match, queue=rules.name, players=len(check.tickets), accept_ms=accept_ms)
             sends.append(fx.Send(player.session, found))
         return [
             fx.OfferMatch(match, tuple(sends)),
@@ -513,16 +592,24 @@ class Lobby:
         effects = self._finish(check, now, reason)
         requeued: list[str] = []
         dodgers = self._dodgers(check, event, culprit)
-        for player_id, ticket in check.tickets.items():
+        for player_id in check.tickets:
             player = self.players[player_id]
             player.place, player.match = Place.IDLE, None
+
+        # A ticket goes back when every player on it accepted and none caused the cancel.
+        def keep(ticket: Ticket) -> bool:
+            return all(p in check.accepted and p != culprit for p in ticket.players)
+
+        going_back = self._requeueable(check, keep)
+        for player_id, ticket in check.tickets.items():
+            player = self.players[player_id]
             if player_id in dodgers:
                 effects.extend(self._penalise(player, check.match, now))
-            back = player_id in check.accepted and player_id != culprit and player.session is not None
-            back = back and check.queue in self.rules
+            back = id(ticket) in going_back
             if back:
-                ticket.priority = True
-                self._add_ticket(player, ticket)
+                if player.place is Place.IDLE:
+                    ticket.priority = True
+                    self._add_ticket(player, ticket)
                 requeued.append(player_id)
 
             # A player who disconnected is gone; everyone else hears of it at once.
@@ -569,10 +656,11 @@ class Lobby:
             id=check.match,
             queue=check.queue,
             teams=check.teams,
-            ratings=tuple(tuple(check.tickets[p].rating for p in team) for team in check.teams),
+            ratings=tuple(tuple(check.tickets[p].rating_of(p) for p in team) for team in check.teams),
             state=state,
             created_at=check.created_at,
             ended_at=now,
             reason=reason,
             waits=tuple(round(check.created_at - check.tickets[p].waiting_since, 3) for p in order),
+            explanation=check.explanation or None,
         )

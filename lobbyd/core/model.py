@@ -7,6 +7,7 @@ Times are seconds since the Unix epoch as floats, passed in by the caller as
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -41,6 +42,10 @@ class QueueRules:
     window_uncertainty: float = 0.0
     region: str = "default"
     rating_steps: Expansion | None = None
+    party_sizes: tuple[int, ...] = (1,)
+    """Party sizes that may queue; a party is one ticket and never split across teams."""
+    max_premade_gap: int | None = None
+    """Cap on the difference between the largest party on any two teams; None: no cap."""
 
     @property
     def match_size(self) -> int:
@@ -152,6 +157,8 @@ class Player(msgspec.Struct, gc=False):
     """None until the first rated match: see ``PlayerRecord``."""
     games: int = 0
     wins: int = 0
+    party: str | None = None
+    """Id of the party the player is in, if any."""
     penalty_level: int = 0
     penalty_since: float = 0.0
     locked_until: float = 0.0
@@ -203,10 +210,34 @@ class Ticket(msgspec.Struct, gc=False):
     priority: bool = False
     skill: Skill | None = None
     """The player's skill when the ticket was made; None means ``skill_from_rating(rating)``."""
+    members: tuple[str, ...] = ()
+    """Every player of a party ticket, leader (``player``) first; empty for a solo ticket.
+    A party ticket's ``rating`` and ``skill`` are the party's mean, which the pool indexes."""
+    member_ratings: tuple[int, ...] = ()
+    member_skills: tuple[Skill, ...] = ()
 
     @property
     def current_skill(self) -> Skill:
         return self.skill if self.skill is not None else skill_from_rating(self.rating)
+
+    @property
+    def size(self) -> int:
+        """Players on the ticket: the party's size, or 1."""
+        return len(self.members) or 1
+
+    @property
+    def players(self) -> tuple[str, ...]:
+        return self.members or (self.player,)
+
+    @property
+    def skills(self) -> tuple[Skill, ...]:
+        """Each player's skill, in ``players`` order."""
+        return self.member_skills or (self.current_skill,)
+
+    def rating_of(self, player: str) -> int:
+        if not self.members:
+            return self.rating
+        return self.member_ratings[self.members.index(player)]
 
     @property
     def uncertainty(self) -> float:
@@ -245,6 +276,9 @@ class MatchRecord:
     """Per-player scores the game server reported, parallel to ``teams``."""
     ratings_after: tuple[tuple[int, ...], ...] | None = None
     """Display ratings after the result, parallel to ``teams``."""
+    explanation: Mapping[str, object] | None = None
+    """Why the matchmaker formed the match: ``expansion_step``, ``rating_spread``,
+    ``win_probability`` (two teams only), ``region`` and ``anchor_wait`` in seconds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from lobbyd.core.model import Ticket
 class TicketPool(Mapping[str, Ticket]):
     """The tickets of one queue by player id, with rating and priority indexes."""
 
-    __slots__ = ("buckets", "priority", "ratings", "tickets")
+    __slots__ = ("buckets", "players", "priority", "ratings", "tickets")
 
     def __init__(self) -> None:
         self.tickets: dict[str, Ticket] = {}
@@ -31,6 +31,8 @@ class TicketPool(Mapping[str, Ticket]):
         self.buckets: dict[int, dict[str, Ticket]] = {}
         self.ratings: list[int] = []
         """The distinct ratings of the tickets, ascending."""
+        self.players = 0
+        """Players on all tickets: a party ticket counts each member."""
 
     def __getitem__(self, player: str) -> Ticket:
         return self.tickets[player]
@@ -43,6 +45,7 @@ class TicketPool(Mapping[str, Ticket]):
 
     def add(self, ticket: Ticket) -> None:
         self.tickets[ticket.player] = ticket
+        self.players += ticket.size
         if ticket.priority:
             self.priority[ticket.player] = ticket
         bucket = self.buckets.get(ticket.rating)
@@ -54,6 +57,7 @@ class TicketPool(Mapping[str, Ticket]):
     def remove(self, player: str) -> Ticket:
         """Remove and return ``player``'s ticket; raises KeyError if there is none."""
         ticket = self.tickets.pop(player)
+        self.players -= ticket.size
         self.priority.pop(player, None)
         bucket = self.buckets[ticket.rating]
         del bucket[player]

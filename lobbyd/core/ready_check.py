@@ -8,6 +8,7 @@ States and transitions, as data:
     pending --expire-----------------> cancelled
     pending --disconnect-------------> cancelled
     pending --void-------------------> cancelled
+    pending --party_changed----------> cancelled
 
 ``started`` and ``cancelled`` are final; any event there is a bug of ours and raises
 ``IllegalTransition`` naming the state, the event and the match.
@@ -35,6 +36,7 @@ class CheckEvent(enum.Enum):
     EXPIRE = "expire"
     DISCONNECT = "disconnect"
     VOID = "void"
+    PARTY_CHANGED = "party_changed"
 
 
 TRANSITIONS: Final[dict[tuple[CheckState, CheckEvent], CheckState]] = {
@@ -44,6 +46,7 @@ TRANSITIONS: Final[dict[tuple[CheckState, CheckEvent], CheckState]] = {
     (CheckState.PENDING, CheckEvent.EXPIRE): CheckState.CANCELLED,
     (CheckState.PENDING, CheckEvent.DISCONNECT): CheckState.CANCELLED,
     (CheckState.PENDING, CheckEvent.VOID): CheckState.CANCELLED,
+    (CheckState.PENDING, CheckEvent.PARTY_CHANGED): CheckState.CANCELLED,
 }
 
 # The wire reason sent in match_cancelled for each cancelling event.
@@ -52,6 +55,7 @@ CANCEL_REASONS: Final[dict[CheckEvent, str]] = {
     CheckEvent.EXPIRE: "expired",
     CheckEvent.DISCONNECT: "disconnected",
     CheckEvent.VOID: "undeliverable",
+    CheckEvent.PARTY_CHANGED: "party_changed",
 }
 
 
@@ -69,8 +73,9 @@ class IllegalTransition(RuntimeError):
 class ReadyCheck:
     """One proposed match waiting for every player to accept.
 
-    ``tickets`` are the tickets the players were matched from, kept so that a
-    cancelled check can requeue players with their original wait.
+    ``tickets`` maps each player to the ticket they were matched from, kept so that a
+    cancelled check can requeue players with their original wait. The members of a
+    party share one ticket.
     """
 
     match: str
@@ -81,6 +86,8 @@ class ReadyCheck:
     deadline: float
     accepted: set[str] = field(default_factory=set)
     state: CheckState = CheckState.PENDING
+    explanation: dict[str, object] = field(default_factory=dict)
+    """Why the match formed, stored with its record."""
 
     @property
     def players(self) -> tuple[str, ...]:

@@ -18,12 +18,21 @@ from lobbyd.core.model import Ticket
 MAX_EXHAUSTIVE_SPLITS: Final = 10_000
 
 
-def split_teams(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]]:
-    """Return ``team_count`` teams of ``team_size`` tickets, as evenly matched as possible.
+def split_teams(
+    tickets: Sequence[Ticket], team_count: int, team_size: int, max_premade_gap: int | None = None
+) -> list[list[Ticket]]:
+    """Return ``team_count`` teams of ``team_size`` players, as evenly matched as possible.
 
     Two teams are split exhaustively when the search is small enough, else greedily:
-    strongest player first, each to the weakest team that still has room.
+    strongest player first, each to the weakest team that still has room. Party
+    tickets stay whole (see ``split_parties``); raises ValueError when they cannot.
     """
+    if any(ticket.size > 1 for ticket in tickets):
+        teams = split_parties(tickets, team_count, team_size, max_premade_gap)
+        if teams is None:
+            msg = f"cannot split parties of sizes {[t.size for t in tickets]} into {team_count} teams of {team_size}"
+            raise ValueError(msg)
+        return teams
     if len(tickets) != team_count * team_size:
         msg = f"cannot split {len(tickets)} tickets into {team_count} teams of {team_size}"
         raise ValueError(msg)
@@ -65,4 +74,77 @@ def _greedy_split(tickets: Sequence[Ticket], team_count: int, team_size: int) ->
         weakest = min(open_teams, key=lambda i: (sums[i], i))
         teams[weakest].append(ticket)
         sums[weakest] += ticket.rating
+    return teams
+
+
+def split_parties(
+    tickets: Sequence[Ticket], team_count: int, team_size: int, max_premade_gap: int | None = None
+) -> list[list[Ticket]] | None:
+    """Split tickets of any party size into teams of ``team_size`` players, each party on one team.
+
+    Returns None when no split fits. ``max_premade_gap`` caps the difference between the
+    largest party on any two teams (0: a premade of K only meets a premade of K).
+    Two teams are searched exhaustively for the smallest gap between the teams' mu sums.
+    More teams are filled greedily, largest party first, each to the weakest team with room.
+    """
+    if sum(ticket.size for ticket in tickets) != team_count * team_size:
+        return None
+    if team_count == 2 and len(tickets) <= MAX_EXHAUSTIVE_UNITS:
+        return _best_two_team_party_split(tickets, team_size, max_premade_gap)
+    teams = _greedy_party_split(tickets, team_count, team_size)
+    if teams is None or not _premades_balanced(teams, max_premade_gap):
+        return None
+    return teams
+
+
+# Two-team party splits try every subset of the tickets but the first, so 16 tickets
+# cost up to 2^15 subsets. More tickets fall back to the greedy split.
+MAX_EXHAUSTIVE_UNITS: Final = 16
+
+
+def _mu_sum(tickets: Sequence[Ticket]) -> float:
+    return sum(skill.mu for ticket in tickets for skill in ticket.skills)
+
+
+def _premades_balanced(teams: Sequence[Sequence[Ticket]], max_premade_gap: int | None) -> bool:
+    if max_premade_gap is None:
+        return True
+    largest = [max(ticket.size for ticket in team) for team in teams]
+    return max(largest) - min(largest) <= max_premade_gap
+
+
+def _best_two_team_party_split(
+    tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
+) -> list[list[Ticket]] | None:
+    # The first ticket stays in team 0, so each split is visited once.
+    total = _mu_sum(tickets)
+    best: tuple[float, list[Ticket], list[Ticket]] | None = None
+    rest = range(1, len(tickets))
+    for count in range(len(tickets)):
+        for chosen in itertools.combinations(rest, count):
+            first = [tickets[0], *(tickets[i] for i in chosen)]
+            if sum(ticket.size for ticket in first) != team_size:
+                continue
+            taken = {0, *chosen}
+            second = [ticket for i, ticket in enumerate(tickets) if i not in taken]
+            if not _premades_balanced([first, second], max_premade_gap):
+                continue
+            gap = abs(total - 2 * _mu_sum(first))
+            if best is None or gap < best[0]:
+                best = (gap, first, second)
+    return None if best is None else [best[1], best[2]]
+
+
+def _greedy_party_split(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]] | None:
+    teams: list[list[Ticket]] = [[] for _ in range(team_count)]
+    filled = [0] * team_count
+    sums = [0.0] * team_count
+    for ticket in sorted(tickets, key=lambda t: (-t.size, -_mu_sum([t]), t.seq)):
+        open_teams = [i for i in range(team_count) if filled[i] + ticket.size <= team_size]
+        if not open_teams:
+            return None
+        weakest = min(open_teams, key=lambda i: (sums[i], i))
+        teams[weakest].append(ticket)
+        filled[weakest] += ticket.size
+        sums[weakest] += _mu_sum([ticket])
     return teams

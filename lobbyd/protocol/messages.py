@@ -89,6 +89,34 @@ class GetHistory(_Message, tag="get_history", frozen=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 10
 
 
+class CreateParty(_Message, tag="create_party", frozen=True):
+    pass
+
+
+class InviteToParty(_Message, tag="invite_to_party", frozen=True):
+    player: Identifier
+
+
+class JoinParty(_Message, tag="join_party", frozen=True):
+    party: Identifier
+
+
+class DeclineParty(_Message, tag="decline_party", frozen=True):
+    party: Identifier
+
+
+class LeaveParty(_Message, tag="leave_party", frozen=True):
+    pass
+
+
+class KickFromParty(_Message, tag="kick_from_party", frozen=True):
+    player: Identifier
+
+
+class PromoteInParty(_Message, tag="promote_in_party", frozen=True):
+    player: Identifier
+
+
 # Game server to lobbyd.
 
 
@@ -134,6 +162,13 @@ ClientMessage = (
     | Decline
     | GetProfile
     | GetHistory
+    | CreateParty
+    | InviteToParty
+    | JoinParty
+    | DeclineParty
+    | LeaveParty
+    | KickFromParty
+    | PromoteInParty
     | Register
     | Allocated
     | AllocationRefused
@@ -203,6 +238,31 @@ class MatchStart(_Message, tag="match_start", frozen=True):
     ratings: list[list[int]] | None = None
     ticket: str | None = None
     """The receiver's join ticket for the game server at ``server``."""
+
+
+class Party(_Message, tag="party", frozen=True):
+    """The party as it is now, sent to every member after each change."""
+
+    party: str
+    leader: str
+    members: list[str]
+    invited: list[str]
+    reason: str
+    """What changed: ``created``, ``invited``, ``joined``, ``invite_declined``, ``left``,
+    ``kicked``, ``promoted`` or ``disconnected``."""
+
+
+class PartyInvite(_Message, tag="party_invite", frozen=True):
+    party: str
+    leader: str
+    members: list[str]
+
+
+class PartyLeft(_Message, tag="party_left", frozen=True):
+    """The receiver is no longer in ``party``: they left or were kicked."""
+
+    party: str
+    reason: str
 
 
 class Kicked(_Message, tag="kicked", frozen=True):
@@ -319,6 +379,9 @@ ServerMessage = (
     | RatingChanged
     | Profile
     | History
+    | Party
+    | PartyInvite
+    | PartyLeft
     | Registered
     | Allocate
     | Deallocate

@@ -169,6 +169,24 @@ class MatchmakerLoop:
             return self.lobby.accept(session.id, message.match, now, message.rid)
         if isinstance(message, m.Decline):
             return self.lobby.decline(session.id, message.match, now, message.rid)
+        return self._party_request(session, message, now)
+
+    def _party_request(self, session: Session, message: m.ClientMessage, now: float) -> list[fx.Effect]:
+        parties = self.lobby.parties
+        if isinstance(message, m.CreateParty):
+            return parties.create(session.id, now, message.rid)
+        if isinstance(message, m.InviteToParty):
+            return parties.invite(session.id, message.player, now, message.rid)
+        if isinstance(message, m.JoinParty):
+            return parties.join(session.id, message.party, now, message.rid)
+        if isinstance(message, m.DeclineParty):
+            return parties.decline(session.id, message.party, message.rid)
+        if isinstance(message, m.LeaveParty):
+            return parties.leave(session.id, now, message.rid)
+        if isinstance(message, m.KickFromParty):
+            return parties.kick(session.id, message.player, now, message.rid)
+        if isinstance(message, m.PromoteInParty):
+            return parties.promote(session.id, message.player, now, message.rid)
         msg = f"no lobby handler for {type(message).__name__}"
         raise TypeError(msg)
 
@@ -248,6 +266,7 @@ class MatchmakerLoop:
             match=record.id,
             queue=record.queue,
             teams=[list(t) for t in record.teams],
+            explanation=record.explanation,
             commit_ms=round((committed - began) * 1000, 2),
             start_ms=round((time.perf_counter() - began) * 1000, 2),
         )

@@ -117,6 +117,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE players ADD COLUMN penalty_level integer NOT NULL DEFAULT 0",
         "ALTER TABLE players ADD COLUMN penalty_since double precision NOT NULL DEFAULT 0",
         "ALTER TABLE players ADD COLUMN locked_until double precision NOT NULL DEFAULT 0",
+        # How the matchmaker justified each started match, as a JSON object.
+        "ALTER TABLE matches ADD COLUMN explanation jsonb",
     ),
 }
 
@@ -148,10 +150,12 @@ _UPSERT_PLAYER: Final = """
 
 _UPSERT_MATCH: Final = """
     INSERT INTO matches (
-        id, queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, ratings_after
+        id, queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, ratings_after,
+        explanation
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
     ON CONFLICT (id) DO UPDATE SET
+        explanation = excluded.explanation,
         server = excluded.server,
         ranks = excluded.ranks,
         scores = excluded.scores,
@@ -207,6 +211,7 @@ _ratings_decoder: Final = msgspec.json.Decoder(tuple[tuple[int, ...], ...])
 _waits_decoder: Final = msgspec.json.Decoder(tuple[float, ...])
 _ranks_decoder: Final = msgspec.json.Decoder(tuple[int, ...])
 _scores_decoder: Final = msgspec.json.Decoder(tuple[tuple[float | None, ...], ...])
+_explanation_decoder: Final = msgspec.json.Decoder(dict[str, object])
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +329,7 @@ class PostgresStore:
         async with self._connection("load_match") as connection:
             row = await connection.fetchrow(
                 "SELECT queue, teams::text, ratings::text, waits::text, state, created_at, ended_at, reason,"
-                " server, ranks::text, scores::text, ratings_after::text FROM matches WHERE id = $1",
+                " server, ranks::text, scores::text, ratings_after::text, explanation::text FROM matches WHERE id = $1",
                 match_id,
             )
         if row is None:
@@ -449,6 +454,7 @@ def _match_row(record: MatchRecord) -> tuple[object, ...]:
         _json_or_none(record.ranks),
         _json_or_none(record.scores),
         _json_or_none(record.ratings_after),
+        _json_or_none(record.explanation),
     )
 
 
@@ -479,8 +485,9 @@ def _history_from_row(row: tuple[Any, ...]) -> HistoryEntry:
 
 def _match_from_row(match_id: str, row: tuple[Any, ...]) -> MatchRecord:
     """Build a ``MatchRecord``, raising ``msgspec.DecodeError`` or ``ValueError`` on bad data."""
-    queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, after = row
+    queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, after, why = row
     return MatchRecord(
+        explanation=_explanation_decoder.decode(why) if why is not None else None,
         server=server,
         ranks=_ranks_decoder.decode(ranks) if ranks is not None else None,
         scores=_scores_decoder.decode(scores) if scores is not None else None,

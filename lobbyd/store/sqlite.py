@@ -90,11 +90,13 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """,
     ),
     # Version 3: each player's standing on the dodge penalty ladder, so that a
-    # lockout survives a restart.
+    # lockout survives a restart, and each match's explanation.
     3: (
         "ALTER TABLE players ADD COLUMN penalty_level INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE players ADD COLUMN penalty_since REAL NOT NULL DEFAULT 0",
         "ALTER TABLE players ADD COLUMN locked_until REAL NOT NULL DEFAULT 0",
+        # JSON object: why the matchmaker formed the match.
+        "ALTER TABLE matches ADD COLUMN explanation TEXT",
     ),
 }
 
@@ -131,9 +133,9 @@ _UPSERT_PLAYER: Final = """
 _UPSERT_MATCH: Final = """
     INSERT INTO matches (
         id, queue, teams, ratings, waits, state, created_at, ended_at, reason,
-        server, ranks, scores, ratings_after
+        server, ranks, scores, ratings_after, explanation
     )
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT(id) DO UPDATE SET
         queue = excluded.queue,
         teams = excluded.teams,
@@ -146,7 +148,8 @@ _UPSERT_MATCH: Final = """
         server = excluded.server,
         ranks = excluded.ranks,
         scores = excluded.scores,
-        ratings_after = excluded.ratings_after
+        ratings_after = excluded.ratings_after,
+        explanation = excluded.explanation
 """
 
 _UPSERT_MATCH_PLAYER: Final = """
@@ -182,10 +185,13 @@ _waits_decoder: Final = msgspec.json.Decoder(tuple[float, ...])
 _ranks_decoder: Final = msgspec.json.Decoder(tuple[int, ...] | None)
 _scores_decoder: Final = msgspec.json.Decoder(tuple[tuple[float | None, ...], ...] | None)
 _ratings_after_decoder: Final = msgspec.json.Decoder(tuple[tuple[int, ...], ...] | None)
+_explanation_decoder: Final = msgspec.json.Decoder(dict[str, object] | None)
 
 # A matches row without its id: queue, teams, ratings, waits, state, created_at, ended_at,
-# reason, server, ranks, scores, ratings_after.
-_MatchRow = tuple[str, str, str, str, str, float, float, str | None, str | None, str | None, str | None, str | None]
+# reason, server, ranks, scores, ratings_after, explanation.
+_MatchRow = tuple[
+    str, str, str, str, str, float, float, str | None, str | None, str | None, str | None, str | None, str | None
+]
 
 # A history row: match, queue, state, reason, team, rank, score, rating_before,
 # rating_after, created_at, ended_at.
@@ -394,6 +400,7 @@ def _match_row(record: MatchRecord) -> tuple[object, ...]:
         _json_or_none(record.ranks),
         _json_or_none(record.scores),
         _json_or_none(record.ratings_after),
+        _json_or_none(record.explanation),
     )
 
 
@@ -455,7 +462,7 @@ def _select_players(connection: sqlite3.Connection, player_ids: list[str]) -> di
 def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRow | None:
     row: _MatchRow | None = connection.execute(
         "SELECT queue, teams, ratings, waits, state, created_at, ended_at, reason,"
-        " server, ranks, scores, ratings_after FROM matches WHERE id = ?",
+        " server, ranks, scores, ratings_after, explanation FROM matches WHERE id = ?",
         (match_id,),
     ).fetchone()
     return row
@@ -463,7 +470,8 @@ def _select_match_row(connection: sqlite3.Connection, match_id: str) -> _MatchRo
 
 def _match_from_row(match_id: str, row: _MatchRow) -> MatchRecord:
     """Build a ``MatchRecord``, raising ``msgspec.DecodeError`` or ``ValueError`` on bad data."""
-    queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, ratings_after = row
+    queue, teams, ratings, waits, state, created_at, ended_at, reason, server, ranks, scores, ratings_after = row[:12]
+    explanation = row[12]
     return MatchRecord(
         id=match_id,
         queue=queue,
@@ -478,6 +486,7 @@ def _match_from_row(match_id: str, row: _MatchRow) -> MatchRecord:
         ranks=_ranks_decoder.decode(ranks or "null"),
         scores=_scores_decoder.decode(scores or "null"),
         ratings_after=_ratings_after_decoder.decode(ratings_after or "null"),
+        explanation=_explanation_decoder.decode(explanation or "null"),
     )
 
 

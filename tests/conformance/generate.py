@@ -69,6 +69,13 @@ CLIENT_EXAMPLES: Final[dict[str, m.ClientMessage]] = {
     "decline": m.Decline(match=MATCH, rid=6),
     "get_profile": m.GetProfile(rid=9),
     "get_history": m.GetHistory(limit=5, rid=10),
+    "create_party": m.CreateParty(rid=11),
+    "invite_to_party": m.InviteToParty(player="bob", rid=12),
+    "join_party": m.JoinParty(party="party7", rid=13),
+    "decline_party": m.DeclineParty(party="party7", rid=14),
+    "leave_party": m.LeaveParty(rid=15),
+    "kick_from_party": m.KickFromParty(player="bob", rid=16),
+    "promote_in_party": m.PromoteInParty(player="bob", rid=17),
     "register": m.Register(
         v=1,
         server="eu-1",
@@ -196,6 +203,14 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     "error_not_authenticated": m.Error(
         code="not_authenticated", message="send hello before 'join_queue'", rid=8
     ),
+    "party": m.Party(party="party7", leader="alice", members=["alice", "bob"], invited=[], reason="joined"),
+    "party_invited": m.Party(
+        party="party7", leader="alice", members=["alice"], invited=["bob"], reason="invited", rid=12
+    ),
+    "party_invite": m.PartyInvite(party="party7", leader="alice", members=["alice"]),
+    "party_left": m.PartyLeft(party="party7", reason="kicked"),
+    "left_queue_party_changed": m.LeftQueue(queue="2v2", reason="party_changed"),
+    "match_cancelled_party_changed": m.MatchCancelled(match=MATCH, reason="party_changed", requeued=True),
     "error_queue_locked": m.Error(
         code="queue_locked",
         message="player 'alice' declined too many matches and may not queue for 299500 ms (penalty level 2)",
