@@ -32,6 +32,7 @@ from bench.processes import (
     summarize_log,
 )
 from bench.profiles import Profile
+from lobbyd.server.fdlimit import HEADROOM_SHARE
 
 LOBBYD = PYTHON.parent / "lobbyd"
 BASELINES = {
@@ -160,10 +161,12 @@ def largest_session_count(pid: int) -> int:
     """Return the most sessions both the daemon and the generator can hold, in hundreds.
 
     Each process has its own open-file limit; the generator inherits the same hard
-    limit as the daemon and needs one descriptor per session too.
+    limit as the daemon and needs one descriptor per session too. The daemon also
+    keeps ``HEADROOM_SHARE`` of its descriptors free and answers server_full past that.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return (hard - procfs.open_files(pid) - FD_MARGIN) // 100 * 100
+    usable = int(hard * (1 - HEADROOM_SHARE))
+    return (usable - procfs.open_files(pid) - FD_MARGIN) // 100 * 100
 
 
 # 3. Connection storm.
