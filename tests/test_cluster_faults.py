@@ -173,53 +173,56 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
         for index in range(3)  # a ready check expires during the outage
     ]
     _, old_token = await cluster.wait_for_leader()
-    queued = await login(nodes[0], "queued")
-    await join(queued, "5v5")
-    idle = await login(nodes[1], "idle")
-    # A 1v1 ready check in progress when Redis goes away; one side accepted.
-    eager = await login(nodes[0], "eager")
-    sleepy = await login(nodes[2], "sleepy")
-    for client in (eager, sleepy):
-        await join(client, "1v1")
-    match = (await eager.recv_type("match_found"))["match"]
-    await sleepy.recv_type("match_found")
-    await eager.request("accept", match=match)
-    await eager.recv_type("accepted")
-    waiting_since = cluster.tickets()["queued"].waiting_since
+    clients: list[LobbyClient] = []
+    try:
+        queued = await login(nodes[0], "queued")
+        idle = await login(nodes[1], "idle")
+        eager = await login(nodes[0], "eager")
+        sleepy = await login(nodes[2], "sleepy")
+        clients += [queued, idle, eager, sleepy]
+        await join(queued, "5v5")
+        # A 1v1 ready check in progress when Redis goes away; one side accepted.
+        for client in (eager, sleepy):
+            await join(client, "1v1")
+        match = (await eager.recv_type("match_found"))["match"]
+        await sleepy.recv_type("match_found")
+        await eager.request("accept", match=match)
+        await eager.recv_type("accepted")
+        waiting_since = cluster.tickets()["queued"].waiting_since
 
-    proxy.cut()
-    cut_at = time.monotonic()
-    await asyncio.sleep(2)
-    rid = await idle.request("join_queue", queue="1v1")
-    refused = await idle.recv_type("error")
-    assert refused["code"] == "unavailable"
-    assert refused["rid"] == rid
-    assert refused["retry_after_ms"] > 0
-    for client in (queued, idle, eager, sleepy):
-        pong_rid = await client.request("ping")
-        assert await client.recv_type("pong") == {"type": "pong", "rid": pong_rid}
-    while time.monotonic() - cut_at < 30:
-        # Heartbeats keep the sessions alive through the outage.
-        await asyncio.sleep(5)
-        for client in (queued, idle, eager, sleepy):
-            await client.request("ping")
-            await client.recv_type("pong")
-    proxy.restore()
+        proxy.cut()
+        cut_at = time.monotonic()
+        await asyncio.sleep(2)
+        rid = await idle.request("join_queue", queue="1v1")
+        refused = await idle.recv_type("error")
+        assert refused["code"] == "unavailable"
+        assert refused["rid"] == rid
+        assert refused["retry_after_ms"] > 0
+        while time.monotonic() - cut_at < 30:
+            # Heartbeats keep the sessions alive through the outage, answered by each node.
+            for client in clients:
+                pong_rid = await client.request("ping")
+                assert await client.recv_type("pong") == {"type": "pong", "rid": pong_rid}
+            await asyncio.sleep(5)
+        proxy.restore()
 
-    still = await queued.recv_type("queued", timeout=15)
-    assert still == {"type": "queued", "queue": "5v5"}
-    first = await eager.recv_type("match_cancelled", timeout=15)
-    second = await sleepy.recv_type("match_cancelled", timeout=15)
-    assert first == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": True}
-    assert second == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": False}
-    assert cluster.tickets()["queued"].waiting_since == waiting_since
-    await join(idle, "1v1")
-    _, new_token = await cluster.wait_for_leader()
-    assert new_token > old_token
-    for name in ("n0", "n1", "n2"):
-        await wait_until(lambda name=name: cluster.events(name, "redis_reachable_again"), message=f"{name} recovered")
-        assert cluster.nodes[name].process.poll() is None, name
-    await close_all([queued, idle, eager, sleepy])
+        for name in ("n0", "n1", "n2"):
+            await wait_until(
+                lambda name=name: cluster.events(name, "redis_reachable_again"), timeout=15, message=f"{name} recovered"
+            )
+            assert cluster.nodes[name].process.poll() is None, name
+        still = await queued.recv_type("queued", timeout=15)
+        assert still == {"type": "queued", "queue": "5v5"}
+        first = await eager.recv_type("match_cancelled", timeout=15)
+        second = await sleepy.recv_type("match_cancelled", timeout=15)
+        assert first == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": True}
+        assert second == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": False}
+        assert cluster.tickets()["queued"].waiting_since == waiting_since
+        await join(idle, "1v1")
+        _, new_token = await cluster.wait_for_leader()
+        assert new_token > old_token
+    finally:
+        await close_all(clients)
 
 
 async def bot(address: str, player: str, seen: dict[str, list[list[str]]], stop: asyncio.Event) -> None:

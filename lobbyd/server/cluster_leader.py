@@ -458,11 +458,7 @@ class LeaderTerm:
             # The same id whichever leader delivers it, so a node drops a second copy.
             delivery = c.Delivery(f"start-{starting.match}-{session}", session, [message])
             commit.deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
-        try:
-            await self.state.commit(self.owner, commit)
-        except SharedStateError as exc:
-            # The next leader finds the match in ``starting`` and finishes it.
-            log.warning("match_start_commit_failed", match=starting.match, error=str(exc))
+        if not await self._commit_start(starting.match, commit):
             return
         if not stored:
             self.lobby.abort_start(starting.match, time.time())
@@ -475,6 +471,26 @@ class LeaderTerm:
             teams=starting.teams,
             start_ms=round((time.perf_counter() - began) * 1000, 2),
         )
+
+    async def _commit_start(self, match: str, commit: Commit) -> bool:
+        """Write a start's outcome, retrying Redis errors; return False once fenced or out of tries.
+
+        Either way the match stays in ``starting`` when this returns False, and the
+        next leader finishes it.
+        """
+        for attempt, delay in enumerate((*START_RETRY_DELAYS, None), start=1):
+            try:
+                await self.state.commit(self.owner, commit)
+                return True
+            except Fenced as exc:
+                log.warning("match_start_commit_fenced", match=match, error=str(exc))
+                return False
+            except SharedStateError as exc:
+                log.warning("match_start_commit_failed", match=match, attempt=attempt, error=str(exc))
+                if delay is None:
+                    return False
+                await asyncio.sleep(delay)
+        return False
 
     async def _store(self, record: MatchRecord) -> bool:
         players = [player for team in record.teams for player in team]

@@ -44,6 +44,10 @@ from redis.backoff import NoBackoff
 from lobbyd.errors import SharedStateError
 from lobbyd.protocol import cluster as c
 
+# Connections of one node for commands other than blocking reads. Redis runs
+# commands one at a time, so more connections add no throughput, only memory.
+POOL_CONNECTIONS: Final = 16
+
 # Entries kept per stream. A node's inbox is read within milliseconds, so this only
 # bounds what a stopped node leaves behind. Trimming is approximate (``~``).
 INBOX_MAXLEN: Final = 100_000
@@ -177,9 +181,20 @@ class RedisState:
         self.prefix = prefix
         self.timeout = timeout
         no_retry = Retry(NoBackoff(), 0)
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        # A bounded pool that makes callers wait for a free connection: a burst of
+        # commits (every match of a tick starting at once) would otherwise open one
+        # connection each, and redis-py fails calls past its pool size. A wait longer
+        # than ``timeout`` fails like any slow command.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=no_retry,
         )
+        self._pool = pool
+        self._client = aioredis.Redis(connection_pool=pool)
         # Blocking stream reads wait longer than one command's deadline, so each
         # reader has a client without a socket timeout, bounded by an explicit deadline.
         # NOTE: with redis-py 8.2, cancelling an XREAD whose pool another blocked XREAD
@@ -201,6 +216,8 @@ class RedisState:
     async def close(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self._client.aclose()
+            # A client given its pool leaves it open on aclose, so the pool is closed here.
+            await self._pool.aclose()
             for reader in self._readers.values():
                 await reader.aclose()
 
