@@ -111,7 +111,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     old_leader, old_token = await cluster.wait_for_leader()
     paused = cluster.nodes[old_leader]
     others = [daemon for name, daemon in cluster.nodes.items() if name != old_leader]
-    # The paused leader holds one queued player in memory when it stops.
+    # When it stops, the paused leader has one queued player in memory.
     first = await login(paused, "first")
     await join(first, "1v1")
 
@@ -140,7 +140,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     late = [e for e in cluster.events(old_leader, "match_found") if event_time(e) >= paused_at]
     assert late == []
 
-    # Every match a client hears of comes from the new leader, and nobody is in two.
+    # Every match a client receives comes from the new leader, and no player is in two.
     clients = {"first": first, "second": second, "third": third, "fourth": fourth}
     matches: dict[str, str] = {}
     for player, client in clients.items():
@@ -199,7 +199,7 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
         assert refused["rid"] == rid
         assert refused["retry_after_ms"] > 0
         while time.monotonic() - cut_at < 30:
-            # Heartbeats keep the sessions alive through the outage, answered by each node.
+            # Pings keep the sessions alive through the outage; each node replies on its own.
             for client in clients:
                 pong_rid = await client.request("ping")
                 assert await client.recv_type("pong") == {"type": "pong", "rid": pong_rid}
@@ -226,7 +226,7 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
 
 
 async def bot(address: str, player: str, seen: dict[str, list[list[str]]], stop: asyncio.Event) -> None:
-    """Queue, accept and queue again until told to stop; record every match_start seen."""
+    """Queue, accept and queue again until ``stop`` is set; record every match_start received."""
     try:
         client = await LobbyClient.connect(address)
     except OSError:

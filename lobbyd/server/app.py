@@ -72,6 +72,8 @@ def open_cluster(config: Config, settings: LobbySettings, registry: Registry, pe
         tick_interval=config.tick_interval_ms / 1000,
         lease_ms=config.leader_lease_ms,
         node_ttl=config.node_ttl_ms / 1000,
+        cleanup_interval=config.cleanup_interval_ms / 1000,
+        player_ttl=config.player_idle_ttl_ms / 1000,
     )
     node_settings = NodeSettings(
         node=node,

@@ -66,6 +66,10 @@ class TermSettings:
     tick_interval: float
     lease_ms: int
     node_ttl: float
+    cleanup_interval: float = 60.0
+    """Seconds between drops of finished ready checks and idle offline players."""
+    player_ttl: float = 600.0
+    """Seconds an offline player's record stays in the leader's memory."""
 
 
 @dataclass(slots=True)
@@ -166,6 +170,7 @@ class LeaderTerm:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         next_sweep = loop.time() + self.settings.node_ttl / 2
+        next_cleanup = loop.time() + self.settings.cleanup_interval
         while not self._stop.is_set():
             wait_ms = int((next_tick - loop.time()) * 1000)
             entries = await self.state.read_requests(self.cursor, block_ms=max(wait_ms, 0), count=READ_BATCH)
@@ -174,11 +179,21 @@ class LeaderTerm:
             if loop.time() >= next_sweep:
                 batches.append(await self._sweep_dead_nodes())
                 next_sweep = loop.time() + self.settings.node_ttl / 2
+            if loop.time() >= next_cleanup:
+                self._forget()
+                next_cleanup = loop.time() + self.settings.cleanup_interval
             if loop.time() >= next_tick:
                 batches.append(_Batch(self.lobby.tick(time.time())))
                 # A tick that hit its match budget continues right after this commit.
                 next_tick = loop.time() if self.lobby.more_to_match else loop.time() + self.settings.tick_interval
             await self._commit(batches, cursor_moved=bool(entries))
+
+    def _forget(self) -> None:
+        """Drop finished ready checks and idle offline players, as the embedded daemon does."""
+        dropped = self.lobby.forget(time.time(), self.settings.player_ttl)
+        for player in [p for p in self._logins if p not in self.lobby.players]:
+            del self._logins[player]
+        log.info("leader_cleanup_done", dropped=dropped, players=len(self.lobby.players))
 
     # Rebuild.
 
