@@ -11,9 +11,9 @@
 * PostgreSQL restarts during a run: writes retry, and every match a client saw
   start is stored.
 
-Redis and PostgreSQL become unreachable through a ``ProcessProxy`` that drops
-every connection and refuses new ones, which is what clients see while the
-server restarts, whether the test runs its own servers or uses the environment's.
+Redis becomes unreachable through a ``ProcessProxy`` that drops every connection and
+refuses new ones. PostgreSQL is restarted for real when the test session started it,
+and cut off by such a proxy when the environment named it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pytest
 from lobbyd.client import ClientError, LobbyClient
 from tests.cluster import LEASE_MS, TICK_MS, Cluster, join, login, wait_until
 from tests.daemon import DaemonProcess
-from tests.services import ProcessProxy, host_port, with_host_port
+from tests.services import ProcessProxy, Service, host_port, with_host_port
 
 pytestmark = pytest.mark.slow
 
@@ -257,10 +257,12 @@ async def bot(address: str, player: str, seen: dict[str, list[list[str]]], stop:
         await client.close()
 
 
-async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
-    proxy = ProcessProxy(host_port(cluster.pg_dsn))
+async def test_postgres_restart_loses_nothing(cluster: Cluster, postgres_service: Service) -> None:
+    # PostgreSQL restarts for real when this test session runs it. Otherwise a proxy
+    # drops every connection and refuses new ones for as long as a restart takes.
+    proxy = None if postgres_service.restart is not None else ProcessProxy(host_port(cluster.pg_dsn))
     try:
-        dsn = with_host_port(cluster.pg_dsn, proxy.address)
+        dsn = cluster.pg_dsn if proxy is None else with_host_port(cluster.pg_dsn, proxy.address)
         nodes: list[DaemonProcess] = [cluster.start(f"n{index}", postgres_dsn=dsn) for index in range(3)]
         await cluster.wait_for_leader()
         seen: dict[str, list[list[str]]] = {}
@@ -271,9 +273,13 @@ async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
         ]
         await asyncio.sleep(2)
         before_cut = len(seen)
-        proxy.cut()
-        await asyncio.sleep(2.5)
-        proxy.restore()
+        if postgres_service.restart is not None:
+            await asyncio.to_thread(postgres_service.restart, 2.5)
+        else:
+            assert proxy is not None
+            proxy.cut()
+            await asyncio.sleep(2.5)
+            proxy.restore()
         await asyncio.sleep(3)
         stop.set()
         _, stuck = await asyncio.wait(bots, timeout=10)
@@ -281,7 +287,8 @@ async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
             task.cancel()
         await asyncio.gather(*bots, return_exceptions=True)
     finally:
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
 
     assert before_cut > 0
     assert len(seen) > before_cut
