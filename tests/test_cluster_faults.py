@@ -198,6 +198,9 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
         assert refused["code"] == "unavailable"
         assert refused["rid"] == rid
         assert refused["retry_after_ms"] > 0
+        # A login during the outage is welcomed by its node alone.
+        latecomer = await login(nodes[1], "latecomer")
+        clients.append(latecomer)
         while time.monotonic() - cut_at < 30:
             # Pings keep the sessions alive through the outage; each node replies on its own.
             for client in clients:
@@ -219,6 +222,8 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
         assert second == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": False}
         assert cluster.tickets()["queued"].waiting_since == waiting_since
         await join(idle, "1v1")
+        await wait_until(lambda: "latecomer" in cluster.presence(), message="the latecomer's presence claimed")
+        assert cluster.presence()["latecomer"].node == "n1"
         _, new_token = await cluster.wait_for_leader()
         assert new_token > old_token
     finally:

@@ -308,11 +308,14 @@ class ClusterNode:
             return
         presence = c.Presence(self.node, session.id, tracked.since, tracked.player)
         claimed, other = True, None
-        try:
-            claimed, other = await self.state.claim_presence(presence)
-        except SharedStateError as exc:
-            # Logged in locally; the presence is claimed once Redis is back.
-            self._mark_unhealthy(exc)
+        # While Redis is known to be down the player logs in locally at once, and
+        # the presence is claimed once it is back; a silent Redis would otherwise
+        # hold each login for the full command deadline, one after another.
+        if self.healthy:
+            try:
+                claimed, other = await self.state.claim_presence(presence)
+            except SharedStateError as exc:
+                self._mark_unhealthy(exc)
         if not claimed:
             session.inflight -= 1
             session.log.info("login_superseded", newer_node=other.node if other else None)
