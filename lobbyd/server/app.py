@@ -37,6 +37,7 @@ from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
 from lobbyd.store.postgres import PostgresStore
 from lobbyd.store.redis_state import RedisState
+from lobbyd.store.shared import SharedState
 from lobbyd.store.sqlite import SqliteStore
 
 log = logs.get(__name__)
@@ -61,10 +62,17 @@ def open_store(config: Config) -> Store:
     return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
 
 
-def open_cluster(config: Config, settings: LobbySettings, registry: Registry, persistence: Persistence) -> ClusterNode:
-    """Build this daemon's node of the cluster that shares state in ``config.redis_url``."""
+def open_cluster(
+    config: Config,
+    settings: LobbySettings,
+    registry: Registry,
+    persistence: Persistence,
+    state: SharedState | None = None,
+) -> ClusterNode:
+    """Build this daemon's node of the cluster that shares ``state``, by default the Redis of ``config``."""
     node = config.node_id or default_node_id()
-    state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
+    if state is None:
+        state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
     term = TermSettings(
         node=node,
         rules=config.queue_rules(),
@@ -87,7 +95,7 @@ def open_cluster(config: Config, settings: LobbySettings, registry: Registry, pe
 
 
 class Server:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None, shared_state: SharedState | None = None) -> None:
         self.config = config
         self.limits = SessionLimits(
             max_frame=config.max_frame_bytes,
@@ -114,7 +122,7 @@ class Server:
         )
         self.cluster: ClusterNode | None = None
         if config.cluster == "redis":
-            self.cluster = open_cluster(config, settings, self.registry, self.persistence)
+            self.cluster = open_cluster(config, settings, self.registry, self.persistence, shared_state)
         self.address: tuple[str, int] | None = None
         self._listener: asyncio.Server | None = None
         self._per_address: Counter[str] = Counter()

@@ -1,6 +1,6 @@
 """One term of cluster leadership: the single-writer matchmaker of every node's players.
 
-Theory of operation. A node that takes the lease (``RedisState.acquire_lease``)
+Theory of operation. A node that takes the lease (``SharedState.acquire_lease``)
 runs a ``LeaderTerm`` until it loses the lease. The term builds a fresh ``Lobby``
 from the shared state (presence, tickets, ready checks) and then loops:
 
@@ -8,7 +8,7 @@ from the shared state (presence, tickets, ready checks) and then loops:
 2. apply each to the lobby in one synchronous call, and tick on schedule, exactly
    as the single-node matchmaker does;
 3. write the tickets and ready checks that changed, the new cursor and every message
-   the changes caused, in one fenced commit (``RedisState.commit``);
+   the changes caused, in one fenced commit (``SharedState.commit``);
 4. only then carry out local side effects: mark records for the database flusher,
    and start storing the matches that started.
 
@@ -40,7 +40,7 @@ from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
 from lobbyd.server import logs
 from lobbyd.server.persistence import Persistence
-from lobbyd.store.redis_state import Commit, Fenced, RedisState
+from lobbyd.store.shared import Commit, Fenced, SharedState
 
 # Waits, in seconds, between attempts to store a started match. They add up to
 # 7.75 s, so a PostgreSQL restart (1 to 3 s on the test machine) costs no match.
@@ -97,7 +97,7 @@ class LeaderTerm:
 
     def __init__(
         self,
-        state: RedisState,
+        state: SharedState,
         settings: TermSettings,
         token: int,
         persistence: Persistence,

@@ -48,7 +48,7 @@ from lobbyd.server.persistence import Persistence
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
 from lobbyd.server.session import Session
-from lobbyd.store.redis_state import RedisState
+from lobbyd.store.shared import SharedState
 
 # Delivery ids remembered for de-duplication. A copy can only come from a new
 # leader finishing a start, within seconds of the first; this covers far longer.
@@ -96,7 +96,7 @@ class NodeSettings:
 class ClusterNode:
     def __init__(
         self,
-        state: RedisState,
+        state: SharedState,
         settings: NodeSettings,
         term_settings: TermSettings,
         registry: Registry,
