@@ -1,4 +1,4 @@
-"""The six measurements. Each starts its own servers, runs its generators and stops them.
+"""The seven measurements. Each starts its own servers, runs its generators and stops them.
 
 Servers run on the server CPU and generators on the load CPU (see ``processes``).
 Every lobbyd instance gets a fresh data directory and the environment in
@@ -7,12 +7,17 @@ Every lobbyd instance gets a fresh data directory and the environment in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +26,7 @@ from bench import procfs
 from bench.processes import (
     PYTHON,
     ROOT,
+    BenchError,
     Cpus,
     Server,
     free_port,
@@ -254,6 +260,117 @@ def fanout(ctx: Context) -> dict[str, Any]:
         return run_generator("bench.load_fanout", args, ctx.cpus.load, GENERATOR_TIMEOUT_S)
 
 
+# 7. Cluster: several nodes on Redis and PostgreSQL.
+
+
+def cluster(ctx: Context) -> dict[str, Any]:
+    """Run the cluster generator against one embedded daemon, then clusters of each size.
+
+    The embedded daemon is the baseline for the request round trips. Every cluster
+    gets fresh nodes, a Redis key prefix and a PostgreSQL schema of its own, removed
+    afterwards. All nodes share the server CPU, like every server in this suite.
+    """
+    args = ["--players", str(ctx.profile.cluster_players), "--probes", str(ctx.profile.cluster_probes)]
+    with running_lobbyd(ctx, "cluster-embedded") as server:
+        ports = ["--ports", str(server.port)]
+        embedded = run_generator("bench.load_cluster", [*ports, *args], ctx.cpus.load, GENERATOR_TIMEOUT_S)
+    runs = []
+    for count in ctx.profile.cluster_nodes:
+        with cluster_services() as services, running_cluster(ctx, count, services) as (nodes, leader_port):
+            ports = ["--ports", ",".join(str(node.port) for node in nodes)]
+            result = run_generator("bench.load_cluster", [*ports, *args], ctx.cpus.load, GENERATOR_TIMEOUT_S)
+            runs.append({**result, "leader_port": leader_port})
+    return {"embedded": embedded, "runs": runs}
+
+
+@contextlib.contextmanager
+def cluster_services() -> Iterator[dict[str, str]]:
+    """Name the Redis and PostgreSQL of one run: a fresh key prefix and schema, dropped afterwards."""
+    suffix = uuid.uuid4().hex[:12]
+    services = {
+        "redis_url": os.environ.get("LOBBYD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "pg_dsn": os.environ.get("LOBBYD_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        "prefix": f"lobbyd-bench-{suffix}",
+        "schema": f"lobbyd_bench_{suffix}",
+    }
+    try:
+        yield services
+    finally:
+        drop_cluster_state(services)
+
+
+def drop_cluster_state(services: dict[str, str]) -> None:
+    import asyncpg
+    import redis
+
+    client = redis.Redis.from_url(services["redis_url"])
+    try:
+        keys = list(client.scan_iter(match=f"{services['prefix']}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError as exc:
+        print(f"[bench] could not delete the cluster's Redis keys: {exc}", file=sys.stderr)
+    finally:
+        client.close()
+
+    async def drop_schema() -> None:
+        connection = await asyncpg.connect(services["pg_dsn"])
+        try:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{services["schema"]}" CASCADE')
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(drop_schema())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"[bench] could not drop the cluster's schema: {exc}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def running_cluster(ctx: Context, count: int, services: dict[str, str]) -> Iterator[tuple[list[Server], int | None]]:
+    """Run ``count`` lobbyd nodes of one cluster; yield them and the port of the leader."""
+    import redis
+
+    nodes: list[Server] = []
+    env = {
+        **DAEMON_ENV,
+        "LOBBYD_STORE": "postgres",
+        "LOBBYD_POSTGRES_DSN": services["pg_dsn"],
+        "LOBBYD_POSTGRES_SCHEMA": services["schema"],
+        "LOBBYD_CLUSTER": "redis",
+        "LOBBYD_REDIS_URL": services["redis_url"],
+        "LOBBYD_REDIS_PREFIX": services["prefix"],
+    }
+    try:
+        for index in range(count):
+            port = free_port()
+            argv = [str(LOBBYD), "serve", "--listen", f"127.0.0.1:{port}"]
+            name = f"cluster-{count}-n{index}"
+            nodes.append(start_server(name, argv, ctx.cpus.server, port, {**env, "LOBBYD_NODE_ID": f"n{index}"}))
+        client = redis.Redis.from_url(services["redis_url"])
+        try:
+            leader = wait_for_leader(client, services["prefix"])
+        finally:
+            client.close()
+        yield nodes, nodes[int(leader.removeprefix("n"))].port
+    finally:
+        for node in nodes:
+            exit_code = stop_server(node)
+            ctx.daemon_logs[node.name] = {"exit_code": exit_code, **summarize_log(node.log_path)}
+
+
+def wait_for_leader(client: Any, prefix: str) -> str:
+    """Return the id of the node that holds the lease, once one does."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        value = client.get(f"{prefix}:leader")
+        if value is not None:
+            return str(value.decode().rpartition(":")[0])
+        time.sleep(0.05)
+    msg = "no cluster node took the leader lease within 20 s"
+    raise BenchError(msg)
+
+
 PHASES = {
     "wire": wire,
     "sessions": sessions,
@@ -261,4 +378,5 @@ PHASES = {
     "matchmaker": matchmaker,
     "lifecycle": lifecycle,
     "fanout": fanout,
+    "cluster": cluster,
 }

@@ -27,6 +27,11 @@ class Profile:
     """Seconds over which the players' joins are spread; one run with a fresh daemon each."""
     fanout_sessions: int
     fanout_rounds: int
+    cluster_nodes: tuple[int, ...]
+    """Cluster sizes to run; each run gets fresh nodes, keys and tables."""
+    cluster_players: int
+    cluster_probes: int
+    """Join and leave round trips per node in the latency part of the cluster run."""
 
 
 FULL = Profile(
@@ -46,6 +51,9 @@ FULL = Profile(
     lifecycle_join_s=(2.0, 10.0),
     fanout_sessions=10_000,
     fanout_rounds=5,
+    cluster_nodes=(1, 2, 3),
+    cluster_players=2000,
+    cluster_probes=200,
 )
 
 QUICK = Profile(
@@ -65,6 +73,9 @@ QUICK = Profile(
     lifecycle_join_s=(1.0,),
     fanout_sessions=1000,
     fanout_rounds=3,
+    cluster_nodes=(1, 3),
+    cluster_players=500,
+    cluster_probes=50,
 )
 
 PROFILES = {profile.name: profile for profile in (FULL, QUICK)}

@@ -272,6 +272,35 @@ def fanout_table(fanout: dict[str, Any]) -> str:
     return table(headers, [row])
 
 
+def cluster_table(phase: dict[str, Any]) -> str:
+    """Return one row for the embedded daemon and one per cluster size."""
+    rows = []
+    for label, run in [("embedded (SQLite, no Redis)", phase["embedded"])] + [
+        (f"cluster of {run['nodes']}", run) for run in phase["runs"]
+    ]:
+        trips = run["round_trips"]
+        leader = [t for t in trips if t["port"] == run.get("leader_port")]
+        followers = [t for t in trips if t["port"] != run.get("leader_port")] if "leader_port" in run else []
+        start = run["accept_to_start"]
+        rows.append(
+            [
+                label,
+                number(run["matches_started"]),
+                number(run["matches_per_s"], 1),
+                number(start["p50_ms"], 2),
+                number(start["p99_ms"], 2),
+                number((leader or trips)[0]["p50_ms"], 3),
+                number(followers[0]["p50_ms"], 3) if followers else "—",
+                number(followers[0]["p99_ms"], 3) if followers else "—",
+            ]
+        )
+    headers = [
+        "setup", "matches", "matches/s", "accept→start p50 ms", "accept→start p99 ms",
+        "request RTT p50 ms (leader's node)", "request RTT p50 ms (other node)", "request RTT p99 ms (other node)",
+    ]
+    return table(headers, rows)
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("wire", "Wire: ping/pong", wire_table),
     ("sessions", "Sessions: memory per idle session", sessions_table),
@@ -279,6 +308,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("matchmaker", "Matchmaker core tick (in process)", matchmaker_table),
     ("lifecycle", "Lifecycle: join → match_found → accept → match_start", lifecycle_table),
     ("fanout", "Fan-out: one ping to every session at once", fanout_table),
+    ("cluster", "Cluster: matches started per second and request round trips", cluster_table),
 ]
 
 

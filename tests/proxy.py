@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 class TcpProxy:
-    """Forward a loopback port to a service, until told to cut every connection.
+    """Forward a loopback port to a service, until ``cut`` drops every connection.
 
     ``cut`` closes the listening socket and aborts every forwarded connection, so
     clients see what they would see if the service stopped: resets, then refused

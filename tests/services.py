@@ -26,6 +26,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class Service:
     url: str
     started: bool
     """True when this module started the server, False when the environment named it."""
+    restart: Callable[[float], None] | None = None
+    """Stop the server, wait the given seconds, and start it again; only when ``started``."""
 
 
 @pytest.fixture(scope="session")
@@ -146,22 +149,55 @@ def postgres_service() -> Iterator[Service]:
     )
     # fsync off: the tests need speed, not durability across a power cut.
     command = [postgres, "-D", str(data), "-p", str(port), "-k", str(workdir), "-c", "listen_addresses=127.0.0.1"]
-    with log.open("wb") as out:
-        process = subprocess.Popen([*prefix, *command, "-c", "fsync=off"], stdout=out, stderr=subprocess.STDOUT)
+    server = LocalPostgres([*prefix, *command, "-c", "fsync=off"], data, port, log)
     try:
-        wait_for_port(port, process, "postgres", log)
-        yield Service(f"postgresql://postgres@127.0.0.1:{port}/postgres", started=True)
+        server.start()
+        yield Service(f"postgresql://postgres@127.0.0.1:{port}/postgres", started=True, restart=server.restart)
     finally:
-        stop_process(process)
+        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class LocalPostgres:
+    """A PostgreSQL server this module runs, which a test may restart."""
+
+    def __init__(self, command: list[str], data: Path, port: int, log: Path) -> None:
+        self.command = command
+        self.data = data
+        self.port = port
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process, "postgres", self.log)
+
+    def stop(self) -> None:
+        """Stop with a fast shutdown, which disconnects clients instead of waiting for them."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        # The postmaster's pid is the first line of postmaster.pid; the process we
+        # started may be runuser, which does not pass SIGINT on.
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            stop_process(self.process)
+
+    def restart(self, down_seconds: float) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
 
 
 def unique_name(kind: str) -> str:
     return f"lobbyd_test_{kind}_{uuid.uuid4().hex[:12]}"
 
 
-# The two fixtures below are synchronous so that async fixtures may look them up with
-# request.getfixturevalue; their clean-up runs its own event loop in a worker thread.
+# The two fixtures below are synchronous, so that async fixtures may look them up with
+# request.getfixturevalue. Their clean-up runs its own event loop in a worker thread.
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import pytest
 from lobbyd.client import ClientError, LobbyClient
 from lobbyd.store.postgres import PostgresStore
 from tests.cluster import Cluster, join, login, wait_until
+from tests.conftest import ClientFactory, ServerFactory
+from tests.services import Service
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +136,39 @@ async def test_hello_then_join_in_one_write(cluster: Cluster) -> None:
     assert queued == {"type": "queued", "queue": "1v1", "rid": 2}
     await asyncio.sleep(0)
     await client.close()
+
+
+async def test_leader_forgets_idle_players(
+    postgres_service: Service,
+    redis_service: Service,
+    pg_schema: str,
+    redis_prefix: str,
+    start_server: ServerFactory,
+    connect: ClientFactory,
+) -> None:
+    # In process, so the leader's memory can be inspected; the schema and prefix
+    # fixtures come first so that they outlive the server.
+    running = await start_server(
+        store="postgres",
+        postgres_dsn=postgres_service.url,
+        postgres_schema=pg_schema,
+        cluster="redis",
+        redis_url=redis_service.url,
+        redis_prefix=redis_prefix,
+        node_id="solo",
+        cleanup_interval_ms=100,
+        player_idle_ttl_ms=100,
+    )
+    cluster_node = running.server.cluster
+    assert cluster_node is not None
+    await wait_until(lambda: cluster_node.term is not None, message="the node leads")
+    client = await connect("fleeting")
+    await join(client, "1v1")
+    term = cluster_node.term
+    assert term is not None
+    assert "fleeting" in term.lobby.players
+
+    await client.close()
+
+    await wait_until(lambda: "fleeting" not in term.lobby.players, message="the idle player forgotten")
+    assert term.lobby.sessions == {}

@@ -11,9 +11,9 @@
 * PostgreSQL restarts during a run: writes retry, and every match a client saw
   start is stored.
 
-Redis and PostgreSQL become unreachable through a ``ProcessProxy`` that drops
-every connection and refuses new ones, which is what clients see while the
-server restarts, whether the test runs its own servers or uses the environment's.
+Redis becomes unreachable through a ``ProcessProxy`` that drops every connection and
+refuses new ones. PostgreSQL is restarted for real when the test session started it,
+and cut off by such a proxy when the environment named it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pytest
 from lobbyd.client import ClientError, LobbyClient
 from tests.cluster import LEASE_MS, TICK_MS, Cluster, join, login, wait_until
 from tests.daemon import DaemonProcess
-from tests.services import ProcessProxy, host_port, with_host_port
+from tests.services import ProcessProxy, Service, host_port, with_host_port
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     old_leader, old_token = await cluster.wait_for_leader()
     paused = cluster.nodes[old_leader]
     others = [daemon for name, daemon in cluster.nodes.items() if name != old_leader]
-    # The paused leader holds one queued player in memory when it stops.
+    # When it stops, the paused leader has one queued player in memory.
     first = await login(paused, "first")
     await join(first, "1v1")
 
@@ -140,7 +140,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     late = [e for e in cluster.events(old_leader, "match_found") if event_time(e) >= paused_at]
     assert late == []
 
-    # Every match a client hears of comes from the new leader, and nobody is in two.
+    # Every match a client receives comes from the new leader, and no player is in two.
     clients = {"first": first, "second": second, "third": third, "fourth": fourth}
     matches: dict[str, str] = {}
     for player, client in clients.items():
@@ -173,57 +173,65 @@ async def run_redis_outage(cluster: Cluster, proxy: ProcessProxy) -> None:
         for index in range(3)  # a ready check expires during the outage
     ]
     _, old_token = await cluster.wait_for_leader()
-    queued = await login(nodes[0], "queued")
-    await join(queued, "5v5")
-    idle = await login(nodes[1], "idle")
-    # A 1v1 ready check in progress when Redis goes away; one side accepted.
-    eager = await login(nodes[0], "eager")
-    sleepy = await login(nodes[2], "sleepy")
-    for client in (eager, sleepy):
-        await join(client, "1v1")
-    match = (await eager.recv_type("match_found"))["match"]
-    await sleepy.recv_type("match_found")
-    await eager.request("accept", match=match)
-    await eager.recv_type("accepted")
-    waiting_since = cluster.tickets()["queued"].waiting_since
+    clients: list[LobbyClient] = []
+    try:
+        queued = await login(nodes[0], "queued")
+        idle = await login(nodes[1], "idle")
+        eager = await login(nodes[0], "eager")
+        sleepy = await login(nodes[2], "sleepy")
+        clients += [queued, idle, eager, sleepy]
+        await join(queued, "5v5")
+        # A 1v1 ready check in progress when Redis goes away; one side accepted.
+        for client in (eager, sleepy):
+            await join(client, "1v1")
+        match = (await eager.recv_type("match_found"))["match"]
+        await sleepy.recv_type("match_found")
+        await eager.request("accept", match=match)
+        await eager.recv_type("accepted")
+        waiting_since = cluster.tickets()["queued"].waiting_since
 
-    proxy.cut()
-    cut_at = time.monotonic()
-    await asyncio.sleep(2)
-    rid = await idle.request("join_queue", queue="1v1")
-    refused = await idle.recv_type("error")
-    assert refused["code"] == "unavailable"
-    assert refused["rid"] == rid
-    assert refused["retry_after_ms"] > 0
-    for client in (queued, idle, eager, sleepy):
-        pong_rid = await client.request("ping")
-        assert await client.recv_type("pong") == {"type": "pong", "rid": pong_rid}
-    while time.monotonic() - cut_at < 30:
-        # Heartbeats keep the sessions alive through the outage.
-        await asyncio.sleep(5)
-        for client in (queued, idle, eager, sleepy):
-            await client.request("ping")
-            await client.recv_type("pong")
-    proxy.restore()
+        proxy.cut()
+        cut_at = time.monotonic()
+        await asyncio.sleep(2)
+        rid = await idle.request("join_queue", queue="1v1")
+        refused = await idle.recv_type("error")
+        assert refused["code"] == "unavailable"
+        assert refused["rid"] == rid
+        assert refused["retry_after_ms"] > 0
+        # A login during the outage is welcomed by its node alone.
+        latecomer = await login(nodes[1], "latecomer")
+        clients.append(latecomer)
+        while time.monotonic() - cut_at < 30:
+            # Pings keep the sessions alive through the outage; each node replies on its own.
+            for client in clients:
+                pong_rid = await client.request("ping")
+                assert await client.recv_type("pong") == {"type": "pong", "rid": pong_rid}
+            await asyncio.sleep(5)
+        proxy.restore()
 
-    still = await queued.recv_type("queued", timeout=15)
-    assert still == {"type": "queued", "queue": "5v5"}
-    first = await eager.recv_type("match_cancelled", timeout=15)
-    second = await sleepy.recv_type("match_cancelled", timeout=15)
-    assert first == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": True}
-    assert second == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": False}
-    assert cluster.tickets()["queued"].waiting_since == waiting_since
-    await join(idle, "1v1")
-    _, new_token = await cluster.wait_for_leader()
-    assert new_token > old_token
-    for name in ("n0", "n1", "n2"):
-        await wait_until(lambda name=name: cluster.events(name, "redis_reachable_again"), message=f"{name} recovered")
-        assert cluster.nodes[name].process.poll() is None, name
-    await close_all([queued, idle, eager, sleepy])
+        for name in ("n0", "n1", "n2"):
+            await wait_until(
+                lambda name=name: cluster.events(name, "redis_reachable_again"), timeout=15, message=f"{name} recovered"
+            )
+            assert cluster.nodes[name].process.poll() is None, name
+        still = await queued.recv_type("queued", timeout=15)
+        assert still == {"type": "queued", "queue": "5v5"}
+        first = await eager.recv_type("match_cancelled", timeout=15)
+        second = await sleepy.recv_type("match_cancelled", timeout=15)
+        assert first == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": True}
+        assert second == {"type": "match_cancelled", "match": match, "reason": "expired", "requeued": False}
+        assert cluster.tickets()["queued"].waiting_since == waiting_since
+        await join(idle, "1v1")
+        await wait_until(lambda: "latecomer" in cluster.presence(), message="the latecomer's presence claimed")
+        assert cluster.presence()["latecomer"].node == "n1"
+        _, new_token = await cluster.wait_for_leader()
+        assert new_token > old_token
+    finally:
+        await close_all(clients)
 
 
 async def bot(address: str, player: str, seen: dict[str, list[list[str]]], stop: asyncio.Event) -> None:
-    """Queue, accept and queue again until told to stop; record every match_start seen."""
+    """Queue, accept and queue again until ``stop`` is set; record every match_start received."""
     try:
         client = await LobbyClient.connect(address)
     except OSError:
@@ -254,10 +262,12 @@ async def bot(address: str, player: str, seen: dict[str, list[list[str]]], stop:
         await client.close()
 
 
-async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
-    proxy = ProcessProxy(host_port(cluster.pg_dsn))
+async def test_postgres_restart_loses_nothing(cluster: Cluster, postgres_service: Service) -> None:
+    # PostgreSQL restarts for real when this test session runs it. Otherwise a proxy
+    # drops every connection and refuses new ones for as long as a restart takes.
+    proxy = None if postgres_service.restart is not None else ProcessProxy(host_port(cluster.pg_dsn))
     try:
-        dsn = with_host_port(cluster.pg_dsn, proxy.address)
+        dsn = cluster.pg_dsn if proxy is None else with_host_port(cluster.pg_dsn, proxy.address)
         nodes: list[DaemonProcess] = [cluster.start(f"n{index}", postgres_dsn=dsn) for index in range(3)]
         await cluster.wait_for_leader()
         seen: dict[str, list[list[str]]] = {}
@@ -268,9 +278,13 @@ async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
         ]
         await asyncio.sleep(2)
         before_cut = len(seen)
-        proxy.cut()
-        await asyncio.sleep(2.5)
-        proxy.restore()
+        if postgres_service.restart is not None:
+            await asyncio.to_thread(postgres_service.restart, 2.5)
+        else:
+            assert proxy is not None
+            proxy.cut()
+            await asyncio.sleep(2.5)
+            proxy.restore()
         await asyncio.sleep(3)
         stop.set()
         _, stuck = await asyncio.wait(bots, timeout=10)
@@ -278,7 +292,8 @@ async def test_postgres_restart_loses_nothing(cluster: Cluster) -> None:
             task.cancel()
         await asyncio.gather(*bots, return_exceptions=True)
     finally:
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
 
     assert before_cut > 0
     assert len(seen) > before_cut

@@ -86,6 +86,8 @@ ABANDONED = MatchRecord(
 )
 
 
+# Redis stores no players or matches, so it is no Store; the cluster's shared state in
+# Redis and in memory runs its own contract suite in test_shared_state.py.
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
     backend: Store

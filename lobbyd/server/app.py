@@ -52,6 +52,7 @@ from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
 from lobbyd.store.postgres import PostgresStore
 from lobbyd.store.redis_state import RedisState
+from lobbyd.store.shared import SharedState
 from lobbyd.store.sqlite import SqliteStore
 
 log = logs.get(__name__)
@@ -76,10 +77,17 @@ def open_store(config: Config) -> Store:
     return SqliteStore(Path(config.data_dir) / DATABASE_FILE, synchronous=config.sqlite_synchronous)
 
 
-def open_cluster(config: Config, settings: LobbySettings, registry: Registry, persistence: Persistence) -> ClusterNode:
-    """Build this daemon's node of the cluster that shares state in ``config.redis_url``."""
+def open_cluster(
+    config: Config,
+    settings: LobbySettings,
+    registry: Registry,
+    persistence: Persistence,
+    state: SharedState | None = None,
+) -> ClusterNode:
+    """Build this daemon's node of the cluster that shares ``state``, by default the Redis of ``config``."""
     node = config.node_id or default_node_id()
-    state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
+    if state is None:
+        state = RedisState(config.redis_url, config.redis_prefix, timeout=config.redis_timeout_ms / 1000)
     term = TermSettings(
         node=node,
         rules=config.queue_rules(),
@@ -87,6 +95,8 @@ def open_cluster(config: Config, settings: LobbySettings, registry: Registry, pe
         tick_interval=config.tick_interval_ms / 1000,
         lease_ms=config.leader_lease_ms,
         node_ttl=config.node_ttl_ms / 1000,
+        cleanup_interval=config.cleanup_interval_ms / 1000,
+        player_ttl=config.player_idle_ttl_ms / 1000,
     )
     node_settings = NodeSettings(
         node=node,
@@ -109,12 +119,14 @@ class Server:
         notifier: Notifier | None = None,
         watchdog_s: float | None = None,
         source: ConfigSource | None = None,
+        shared_state: SharedState | None = None,
     ) -> None:
         """Build the daemon; ``sockets`` are listening sockets passed by systemd, served instead of ``listen``.
 
         ``notifier`` reports to systemd, and ``watchdog_s`` is the interval at which
         it pings the watchdog; both come from the environment systemd sets.
         ``source`` is where ``config`` came from, read again by a reload.
+        ``shared_state`` replaces the cluster's Redis state, for tests.
         """
         self.config = config
         self.limits = session_limits(config)
@@ -142,7 +154,7 @@ class Server:
         self.fds = FdBudget(config.max_connections)
         self.cluster: ClusterNode | None = None
         if config.cluster == "redis":
-            self.cluster = open_cluster(config, settings, self.registry, self.persistence)
+            self.cluster = open_cluster(config, settings, self.registry, self.persistence, shared_state)
         self.address: tuple[str, int] | None = None
         self.listen_addresses: list[str] = []
         self._inherited = list(sockets)

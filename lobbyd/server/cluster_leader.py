@@ -1,6 +1,6 @@
 """One term of cluster leadership: the single-writer matchmaker of every node's players.
 
-Theory of operation. A node that takes the lease (``RedisState.acquire_lease``)
+Theory of operation. A node that takes the lease (``SharedState.acquire_lease``)
 runs a ``LeaderTerm`` until it loses the lease. The term builds a fresh ``Lobby``
 from the shared state (presence, tickets, ready checks) and then loops:
 
@@ -8,7 +8,7 @@ from the shared state (presence, tickets, ready checks) and then loops:
 2. apply each to the lobby in one synchronous call, and tick on schedule, exactly
    as the single-node matchmaker does;
 3. write the tickets and ready checks that changed, the new cursor and every message
-   the changes caused, in one fenced commit (``RedisState.commit``);
+   the changes caused, in one fenced commit (``SharedState.commit``);
 4. only then carry out local side effects: mark records for the database flusher,
    and start storing the matches that started.
 
@@ -40,7 +40,7 @@ from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
 from lobbyd.server import logs
 from lobbyd.server.persistence import Persistence
-from lobbyd.store.redis_state import Commit, Fenced, RedisState
+from lobbyd.store.shared import Commit, Fenced, SharedState
 
 # Waits, in seconds, between attempts to store a started match. They add up to
 # 7.75 s, so a PostgreSQL restart (1 to 3 s on the test machine) costs no match.
@@ -66,6 +66,10 @@ class TermSettings:
     tick_interval: float
     lease_ms: int
     node_ttl: float
+    cleanup_interval: float = 60.0
+    """Seconds between drops of finished ready checks and idle offline players."""
+    player_ttl: float = 600.0
+    """Seconds an offline player's record stays in the leader's memory."""
 
 
 @dataclass(slots=True)
@@ -93,7 +97,7 @@ class LeaderTerm:
 
     def __init__(
         self,
-        state: RedisState,
+        state: SharedState,
         settings: TermSettings,
         token: int,
         persistence: Persistence,
@@ -166,6 +170,7 @@ class LeaderTerm:
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         next_sweep = loop.time() + self.settings.node_ttl / 2
+        next_cleanup = loop.time() + self.settings.cleanup_interval
         while not self._stop.is_set():
             wait_ms = int((next_tick - loop.time()) * 1000)
             entries = await self.state.read_requests(self.cursor, block_ms=max(wait_ms, 0), count=READ_BATCH)
@@ -174,11 +179,21 @@ class LeaderTerm:
             if loop.time() >= next_sweep:
                 batches.append(await self._sweep_dead_nodes())
                 next_sweep = loop.time() + self.settings.node_ttl / 2
+            if loop.time() >= next_cleanup:
+                self._forget()
+                next_cleanup = loop.time() + self.settings.cleanup_interval
             if loop.time() >= next_tick:
                 batches.append(_Batch(self.lobby.tick(time.time())))
                 # A tick that hit its match budget continues right after this commit.
                 next_tick = loop.time() if self.lobby.more_to_match else loop.time() + self.settings.tick_interval
             await self._commit(batches, cursor_moved=bool(entries))
+
+    def _forget(self) -> None:
+        """Drop finished ready checks and idle offline players, as the embedded daemon does."""
+        dropped = self.lobby.forget(time.time(), self.settings.player_ttl)
+        for player in [p for p in self._logins if p not in self.lobby.players]:
+            del self._logins[player]
+        log.info("leader_cleanup_done", dropped=dropped, players=len(self.lobby.players))
 
     # Rebuild.
 
@@ -458,11 +473,7 @@ class LeaderTerm:
             # The same id whichever leader delivers it, so a node drops a second copy.
             delivery = c.Delivery(f"start-{starting.match}-{session}", session, [message])
             commit.deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
-        try:
-            await self.state.commit(self.owner, commit)
-        except SharedStateError as exc:
-            # The next leader finds the match in ``starting`` and finishes it.
-            log.warning("match_start_commit_failed", match=starting.match, error=str(exc))
+        if not await self._commit_start(starting.match, commit):
             return
         if not stored:
             self.lobby.abort_start(starting.match, time.time())
@@ -475,6 +486,26 @@ class LeaderTerm:
             teams=starting.teams,
             start_ms=round((time.perf_counter() - began) * 1000, 2),
         )
+
+    async def _commit_start(self, match: str, commit: Commit) -> bool:
+        """Write a start's outcome, retrying Redis errors; return False once fenced or out of tries.
+
+        Either way the match stays in ``starting`` when this returns False, and the
+        next leader finishes it.
+        """
+        for attempt, delay in enumerate((*START_RETRY_DELAYS, None), start=1):
+            try:
+                await self.state.commit(self.owner, commit)
+                return True
+            except Fenced as exc:
+                log.warning("match_start_commit_fenced", match=match, error=str(exc))
+                return False
+            except SharedStateError as exc:
+                log.warning("match_start_commit_failed", match=match, attempt=attempt, error=str(exc))
+                if delay is None:
+                    return False
+                await asyncio.sleep(delay)
+        return False
 
     async def _store(self, record: MatchRecord) -> bool:
         players = [player for team in record.teams for player in team]

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -43,6 +42,13 @@ from redis.backoff import NoBackoff
 
 from lobbyd.errors import SharedStateError
 from lobbyd.protocol import cluster as c
+from lobbyd.store.shared import Commit, Fenced, Snapshot
+
+__all__ = ["Commit", "Fenced", "RedisState", "Snapshot"]
+
+# Connections of one node for commands other than blocking reads. Redis runs
+# commands one at a time, so more connections add no throughput, only memory.
+POOL_CONNECTIONS: Final = 16
 
 # Entries kept per stream. A node's inbox is read within milliseconds, so this only
 # bounds what a stopped node leaves behind. Trimming is approximate (``~``).
@@ -123,63 +129,27 @@ return 0
 """
 
 
-class Fenced(SharedStateError):
-    """A leader's write was rejected because it no longer holds the lease."""
-
-
-@dataclass(slots=True)
-class Commit:
-    """One atomic write of a leader: state changes, the request cursor and deliveries."""
-
-    cursor: str | None = None
-    tickets: dict[str, bytes] = field(default_factory=dict)
-    ticket_deletes: set[str] = field(default_factory=set)
-    checks: dict[str, bytes] = field(default_factory=dict)
-    check_deletes: set[str] = field(default_factory=set)
-    starting: dict[str, bytes] = field(default_factory=dict)
-    starting_deletes: set[str] = field(default_factory=set)
-    presence_deletes: list[tuple[str, str]] = field(default_factory=list)
-    """(player, session key) pairs: delete the presence if it still names that session."""
-    deliveries: dict[str, list[bytes]] = field(default_factory=dict)
-    """Node id to encoded ``Delivery`` entries for its inbox, in order."""
-
-    def __bool__(self) -> bool:
-        return any(
-            (
-                self.cursor,
-                self.tickets,
-                self.ticket_deletes,
-                self.checks,
-                self.check_deletes,
-                self.starting,
-                self.starting_deletes,
-                self.presence_deletes,
-                self.deliveries,
-            )
-        )
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """Everything a new leader rebuilds its lobby from."""
-
-    presence: dict[str, c.Presence]
-    tickets: list[c.TicketState]
-    checks: list[c.CheckSnapshot]
-    starting: list[c.StartingMatch]
-    cursor: str
-
-
 class RedisState:
-    """The shared state of one cluster, named by ``prefix``, in the Redis at ``url``."""
+    """The ``SharedState`` of one cluster, named by ``prefix``, in the Redis at ``url``."""
 
     def __init__(self, url: str, prefix: str, *, timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.timeout = timeout
         no_retry = Retry(NoBackoff(), 0)
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        # A bounded pool that makes callers wait for a free connection: a burst of
+        # commits (every match of a tick starting at once) would otherwise open one
+        # connection each, and redis-py fails calls past its pool size. A wait longer
+        # than ``timeout`` fails like any slow command.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=no_retry,
         )
+        self._pool = pool
+        self._client = aioredis.Redis(connection_pool=pool)
         # Blocking stream reads wait longer than one command's deadline, so each
         # reader has a client without a socket timeout, bounded by an explicit deadline.
         # NOTE: with redis-py 8.2, cancelling an XREAD whose pool another blocked XREAD
@@ -201,6 +171,8 @@ class RedisState:
     async def close(self) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self._client.aclose()
+            # A client given its pool leaves it open on aclose, so the pool is closed here.
+            await self._pool.aclose()
             for reader in self._readers.values():
                 await reader.aclose()
 
@@ -355,12 +327,6 @@ class RedisState:
         async with self._call("last_inbox_id"):
             newest = await self._client.xrevrange(self.key("inbox", node), count=1)
         return _text(newest[0][0]) if newest else "0-0"
-
-    async def redis_time(self) -> float:
-        """Return Redis's clock in seconds since the epoch; stream ids count from it."""
-        async with self._call("time"):
-            seconds, microseconds = await self._client.time()
-        return seconds + microseconds / 1e6
 
     async def _read(self, reader: str, stream: str, after: str, block_ms: int, count: int) -> list[tuple[str, bytes]]:
         """Return up to ``count`` entries after ``after``, waiting up to ``block_ms`` for one.
