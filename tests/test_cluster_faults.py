@@ -58,6 +58,23 @@ async def opened() -> AsyncIterator[list[LobbyClient]]:
     await close_all(clients)
 
 
+async def accept(client: LobbyClient, match: str) -> None:
+    """Accept ``match``, retrying after ``unavailable`` as a client should.
+
+    A node that was paused finds its Redis deadlines passed when it wakes, and
+    answers ``unavailable`` until its next successful call.
+    """
+    for _ in range(10):
+        rid = await client.request("accept", match=match)
+        reply = await client.recv_type("accepted", "error")
+        if reply["type"] == "accepted":
+            assert reply["rid"] == rid
+            return
+        assert reply["code"] == "unavailable", reply
+        await asyncio.sleep(reply["retry_after_ms"] / 1000)
+    raise AssertionError(f"accept of {match} still unavailable after 10 tries")
+
+
 async def track(opened: list[LobbyClient], daemon: DaemonProcess, player: str) -> LobbyClient:
     client = await login(daemon, player)
     opened.append(client)
@@ -160,7 +177,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster, opened: list[Lobb
     for player, client in clients.items():
         found = await client.recv_type("match_found", timeout=10)
         matches[player] = found["match"]
-        await client.request("accept", match=found["match"])
+        await accept(client, found["match"])
     assert sorted(Counter(matches.values()).values()) == [2, 2]
     started = {}
     for player, client in clients.items():
