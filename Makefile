@@ -45,7 +45,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Throughput, latency and memory figures; see BENCHMARKS.md. Needs two CPUs.
+# Throughput, latency and memory figures; see BENCHMARKS.md. Needs two CPUs, and Redis
+# and PostgreSQL for the cluster measurement (LOBBYD_BENCH_REDIS_URL, LOBBYD_BENCH_PG_DSN).
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -79,6 +79,16 @@ machine, figures taken while it is high are noisier.
    pass before reading anything, and records when each pong arrives. The table
    gives the time the writes took and the time from the first write to the last
    pong. Both include the generator's own work on one CPU.
+7. **Cluster.** `bench/load_cluster.py` runs against one embedded daemon, then
+   against clusters of one, two and three nodes on Redis and PostgreSQL
+   (`LOBBYD_BENCH_REDIS_URL` and `LOBBYD_BENCH_PG_DSN`, by default the local
+   servers), each cluster with a fresh key prefix and schema. Every node runs on
+   the server CPU; Redis and PostgreSQL run wherever the kernel puts them. First,
+   on each node in turn, one player sends `join_queue` and `leave_queue` one at a
+   time and the round trips are recorded: in a cluster they go through Redis to
+   the leader and back through the node's inbox. Then the players, spread
+   round-robin over the nodes, all join 5v5 at once and accept at once; matches per
+   second run from the first `join_queue` to the last `match_start`.
 """
 
 

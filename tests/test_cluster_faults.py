@@ -24,6 +24,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -49,20 +50,51 @@ async def close_all(clients: list[LobbyClient]) -> None:
         await client.close()
 
 
-async def test_leader_killed(cluster: Cluster) -> None:
+@pytest.fixture
+async def opened() -> AsyncIterator[list[LobbyClient]]:
+    """Collect the clients a test opens and close them afterwards, even when it fails."""
+    clients: list[LobbyClient] = []
+    yield clients
+    await close_all(clients)
+
+
+async def accept(client: LobbyClient, match: str) -> None:
+    """Accept ``match``, retrying after ``unavailable`` as a client should.
+
+    A node that was paused finds its Redis deadlines passed when it wakes, and
+    answers ``unavailable`` until its next successful call.
+    """
+    for _ in range(10):
+        rid = await client.request("accept", match=match)
+        reply = await client.recv_type("accepted", "error")
+        if reply["type"] == "accepted":
+            assert reply["rid"] == rid
+            return
+        assert reply["code"] == "unavailable", reply
+        await asyncio.sleep(reply["retry_after_ms"] / 1000)
+    raise AssertionError(f"accept of {match} still unavailable after 10 tries")
+
+
+async def track(opened: list[LobbyClient], daemon: DaemonProcess, player: str) -> LobbyClient:
+    client = await login(daemon, player)
+    opened.append(client)
+    return client
+
+
+async def test_leader_killed(cluster: Cluster, opened: list[LobbyClient]) -> None:
     nodes = {daemon.address: daemon for daemon in cluster.start_many(3)}
     old_leader, old_token = await cluster.wait_for_leader()
     dead = cluster.nodes[old_leader]
     survivors = [daemon for daemon in nodes.values() if daemon is not dead]
 
     # Three 5v5 players on the leader's node and three on each other node: too few to match.
-    doomed = [await login(dead, f"d{index}") for index in range(3)]
-    kept = [await login(survivors[index % 2], f"k{index}") for index in range(6)]
+    doomed = [await track(opened, dead, f"d{index}") for index in range(3)]
+    kept = [await track(opened, survivors[index % 2], f"k{index}") for index in range(6)]
     for client in doomed + kept:
         await join(client, "5v5")
     # A 1v1 ready check between the leader's node and another node; the survivor accepts.
-    victim = await login(dead, "victim")
-    partner = await login(survivors[0], "partner")
+    victim = await track(opened, dead, "victim")
+    partner = await track(opened, survivors[0], "partner")
     for client in (victim, partner):
         await join(client, "1v1")
     match = (await partner.recv_type("match_found"))["match"]
@@ -92,7 +124,7 @@ async def test_leader_killed(cluster: Cluster) -> None:
     assert not {f"d{index}" for index in range(3)} & set(cluster.presence())
 
     # The survivors' wait still counts: four newcomers complete a 5v5 with all six.
-    newcomers = [await login(survivors[index % 2], f"n{index}") for index in range(4)]
+    newcomers = [await track(opened, survivors[index % 2], f"n{index}") for index in range(4)]
     for client in newcomers:
         await join(client, "5v5")
     found = [await client.recv_type("match_found", timeout=10) for client in kept + newcomers]
@@ -102,17 +134,16 @@ async def test_leader_killed(cluster: Cluster) -> None:
     for client in kept + newcomers:
         start = await client.recv_type("match_start", timeout=10)
         assert len(start["teams"][0]) == 5
-    await close_all(doomed + kept + newcomers + [victim, partner])
 
 
-async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
+async def test_paused_leader_commits_nothing(cluster: Cluster, opened: list[LobbyClient]) -> None:
     # Liveness outlasts the pause, so the paused node's players stay in the lobby.
     cluster.start_many(3, node_ttl_ms=10_000)
     old_leader, old_token = await cluster.wait_for_leader()
     paused = cluster.nodes[old_leader]
     others = [daemon for name, daemon in cluster.nodes.items() if name != old_leader]
     # When it stops, the paused leader has one queued player in memory.
-    first = await login(paused, "first")
+    first = await track(opened, paused, "first")
     await join(first, "1v1")
 
     paused.process.send_signal(signal.SIGSTOP)
@@ -121,11 +152,11 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
         new_leader, new_token = await cluster.wait_for_leader(not_node=old_leader)
         # Joins the old leader never saw: on waking it finds them in the request
         # stream and matches them from its stale memory, which it must not commit.
-        second = await login(others[0], "second")
+        second = await track(opened, others[0], "second")
         await join(second, "1v1")
-        third = await login(others[1], "third")
+        third = await track(opened, others[1], "third")
         await join(third, "1v1")
-        fourth = await login(others[1], "fourth")
+        fourth = await track(opened, others[1], "fourth")
         await join(fourth, "1v1")
         await asyncio.sleep((LEASE_MS + TICK_MS) / 1000)
     finally:
@@ -146,7 +177,7 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     for player, client in clients.items():
         found = await client.recv_type("match_found", timeout=10)
         matches[player] = found["match"]
-        await client.request("accept", match=found["match"])
+        await accept(client, found["match"])
     assert sorted(Counter(matches.values()).values()) == [2, 2]
     started = {}
     for player, client in clients.items():
@@ -155,7 +186,6 @@ async def test_paused_leader_commits_nothing(cluster: Cluster) -> None:
     new_found = {e["match"] for e in cluster.events(new_leader, "match_found")}
     assert set(matches.values()) <= new_found
     assert resumed_at > paused_at
-    await close_all(list(clients.values()))
 
 
 async def test_redis_unreachable_30s(cluster: Cluster) -> None:
