@@ -27,8 +27,15 @@ async def nodes(tmp_path: Path) -> AsyncIterator[list[Server]]:
     tasks: list[asyncio.Task[None]] = []
     for index in range(3):
         # The store setting only passes the cluster check; the shared memory store is used.
+        # Each node in this one process needs its own admin socket.
         config = make_config(
-            tmp_path, store="postgres", cluster="redis", node_id=f"m{index}", leader_lease_ms=500, node_ttl_ms=500
+            tmp_path,
+            store="postgres",
+            cluster="redis",
+            node_id=f"m{index}",
+            leader_lease_ms=500,
+            node_ttl_ms=500,
+            admin_socket=str(tmp_path / f"admin-{index}.sock"),
         )
         server = Server(config, store=store, shared_state=state)
         await server.start()
