@@ -315,7 +315,12 @@ async def test_postgres_restart_loses_nothing(cluster: Cluster, postgres_service
             proxy.cut()
             await asyncio.sleep(2.5)
             proxy.restore()
-        await asyncio.sleep(3)
+        # Flushes retry with backoff of up to 5 s, so on a loaded machine new starts
+        # may take that long to appear after the store is back.
+        for _ in range(30):
+            await asyncio.sleep(0.5)
+            if len(seen) > before_cut + 5:
+                break
         stop.set()
         _, stuck = await asyncio.wait(bots, timeout=10)
         for task in stuck:
