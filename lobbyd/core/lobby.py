@@ -65,7 +65,7 @@ class Lobby:
         self.queues: dict[str, TicketPool] = {name: TicketPool() for name in queues}
         self.checks: dict[str, ReadyCheck] = {}
         # Finished ready checks by match id: (state, finished at, players of a started
-        # match), so that a late accept or decline gets a precise answer. ``forget``
+        # match), so that a late accept or decline gets a precise reply. ``forget``
         # trims it.
         self.finished: dict[str, tuple[CheckState, float, frozenset[str]]] = {}
         self._seq = itertools.count()
@@ -80,7 +80,7 @@ class Lobby:
     # Sessions.
 
     def known_record(self, player: str) -> PlayerRecord | None:
-        """Return the in-memory record of ``player``, if the lobby still holds one."""
+        """Return the in-memory record of ``player``, if the lobby still has one."""
         known = self.players.get(player)
         return known.record() if known else None
 
@@ -215,7 +215,7 @@ class Lobby:
         effects.append(fx.Event("queue_left", {"player": player.id, "queue": current, "reason": "requested"}))
         return effects
 
-    # Ready check answers.
+    # Ready check accepts and declines.
 
     def accept(self, session: str, match: str, now: float, rid: int | None = None) -> list[fx.Effect]:
         """Record an accept; the last one starts the match.
@@ -422,9 +422,9 @@ class Lobby:
         return finished is not None and finished[0] is CheckState.STARTED and player in finished[2]
 
     def _expire_late(self, check: ReadyCheck, session: str, now: float, rid: int | None) -> list[fx.Effect]:
-        """End a ready check whose deadline passed before the tick noticed, and say so."""
+        """End a ready check whose deadline passed before the tick noticed, and reply with an error."""
         effects = self._cancel(check, CheckEvent.EXPIRE, None, now)
-        error = m.Error(code=UnknownMatch.code, message=f"match {check.match!r} expired before this answer", rid=rid)
+        error = m.Error(code=UnknownMatch.code, message=f"match {check.match!r} expired before this request", rid=rid)
         effects.append(fx.Send(session, error))
         return effects
 

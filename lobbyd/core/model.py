@@ -74,10 +74,10 @@ class LobbySettings:
     """Seconds every matched player has to accept."""
 
     heartbeat_ms: int = 10_000
-    """Interval at which clients are told to send something, sent in ``welcome``."""
+    """Interval at which clients should send a message, sent in ``welcome``."""
 
     finished_ttl: float = 300.0
-    """Seconds a finished ready check is remembered, so late answers get a clear error."""
+    """Seconds a finished ready check is remembered, so late replies get a clear error."""
 
     max_matches_per_tick: int = 50
     """Matches one tick may form across all queues. It bounds how long a tick holds
@@ -85,7 +85,7 @@ class LobbySettings:
     sets ``more_to_match`` and the server ticks again as soon as I/O has run."""
 
     dev_mode: bool = False
-    """True when the server checks no player tokens; ``welcome`` says so."""
+    """True when the server checks no player tokens; ``welcome`` reports it."""
 
     rating_k: float = DEFAULT_ORDINAL_K
     """How many sigmas the display rating subtracts from mu."""
