@@ -7,7 +7,7 @@ one half as possible; more teams are split greedily by rating.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from math import comb
 from typing import Final
 
@@ -116,11 +116,23 @@ def _premades_balanced(teams: Sequence[Sequence[Ticket]], max_premade_gap: int |
 def _best_two_team_party_split(
     tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
 ) -> list[list[Ticket]] | None:
-    # The first ticket stays in team 0, so each split is visited once.
+    best = min(two_team_splits(tickets, team_size, max_premade_gap), key=lambda split: split[0], default=None)
+    return None if best is None else [best[1], best[2]]
+
+
+def two_team_splits(
+    tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
+) -> Iterator[tuple[float, list[Ticket], list[Ticket]]]:
+    """Yield every split of whole tickets into two teams of ``team_size`` as (mu gap, first, second).
+
+    The first ticket stays in team 0, so each split comes once. The order is fixed:
+    by how many other tickets join the first, then lexicographic, so the first of
+    equal gaps is the same on every run.
+    """
     total = _mu_sum(tickets)
-    best: tuple[float, list[Ticket], list[Ticket]] | None = None
     rest = range(1, len(tickets))
-    for count in range(len(tickets)):
+    # A team of team_size players holds at most team_size tickets.
+    for count in range(min(len(tickets), team_size)):
         for chosen in itertools.combinations(rest, count):
             first = [tickets[0], *(tickets[i] for i in chosen)]
             if sum(ticket.size for ticket in first) != team_size:
@@ -129,10 +141,7 @@ def _best_two_team_party_split(
             second = [ticket for i, ticket in enumerate(tickets) if i not in taken]
             if not _premades_balanced([first, second], max_premade_gap):
                 continue
-            gap = abs(total - 2 * _mu_sum(first))
-            if best is None or gap < best[0]:
-                best = (gap, first, second)
-    return None if best is None else [best[1], best[2]]
+            yield abs(total - 2 * _mu_sum(first)), first, second
 
 
 def _greedy_party_split(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]] | None:
