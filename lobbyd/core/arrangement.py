@@ -23,7 +23,7 @@ from typing import Final
 from lobbyd.core.model import QueueRules, Ticket
 from lobbyd.core.regions import choose_region, regions_within
 from lobbyd.core.roles import RoleAssignment, RoleRequest, SlotMatching, allowed_roles, assign_roles
-from lobbyd.core.teams import split_parties, split_teams, two_team_splits
+from lobbyd.core.teams import ranked_two_team_splits, split_parties, split_teams
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,9 @@ def arrange(group: Sequence[Ticket], rules: QueueRules, now: float) -> Arrangeme
         cost = _role_cost(group, roles)
         if best is None or cost < best[0]:
             best = (cost, teams, roles)
+        if cost == (0, 0):
+            # Everyone has their first choice: no later split can do better.
+            break
     if best is None:
         return None
     return Arrangement(best[1], best[2], region)
@@ -69,8 +72,8 @@ def arrange(group: Sequence[Ticket], rules: QueueRules, now: float) -> Arrangeme
 # How many workable splits a role queue compares, and how much less even than the
 # first workable one (in the sum of mu over a team) a split may be to be compared. A
 # mu point is about 50 display rating points, so 0.5 trades at most 25 points of
-# team total for fewer autofilled players, and 4 splits bound the cost of assigning.
-ROLE_SPLITS_COMPARED: Final = 4
+# team total for fewer autofilled players, and 3 splits bound the cost of assigning.
+ROLE_SPLITS_COMPARED: Final = 3
 ROLE_BALANCE_SLACK_MU: Final = 0.5
 
 
@@ -137,8 +140,7 @@ def _splits(group: Sequence[Ticket], rules: QueueRules, now: float) -> Iterator[
     Splits of more than two teams have no gap ordering and come with gap 0.
     """
     if rules.team_count == 2:
-        ranked = sorted(two_team_splits(group, rules.team_size, rules.max_premade_gap), key=lambda split: split[0])
-        for gap, first, second in ranked:
+        for gap, first, second in ranked_two_team_splits(group, rules.team_size, rules.max_premade_gap):
             yield gap, [first, second]
         return
     greedy = split_parties(group, rules.team_count, rules.team_size, rules.max_premade_gap)

@@ -97,9 +97,12 @@ def _fill(anchor: Ticket, candidates: list[Ticket], rules: QueueRules, now: floa
     steps = 0
 
     def complete(group: list[Ticket]) -> bool:
-        if check is not None:
-            return arrange(group, rules, now) is not None
-        return split_parties(group, rules.team_count, rules.team_size, rules.max_premade_gap) is not None
+        if check is None:
+            return split_parties(group, rules.team_count, rules.team_size, rules.max_premade_gap) is not None
+        # For solo tickets the checks are exact: a shared region is one choose_region
+        # accepts, and players who fill every role slot can be dealt one team per
+        # slot copy, so arrange succeeds. Parties must stay whole, which only arrange sees.
+        return all(ticket.size == 1 for ticket in group) or arrange(group, rules, now) is not None
 
     def search(group: list[Ticket], total: int, start: int, partial: Partial | None) -> list[Ticket] | None:
         nonlocal steps

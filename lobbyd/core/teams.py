@@ -120,6 +120,28 @@ def _best_two_team_party_split(
     return None if best is None else [best[1], best[2]]
 
 
+def ranked_two_team_splits(
+    tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
+) -> Iterator[tuple[float, list[Ticket], list[Ticket]]]:
+    """Yield the splits of ``two_team_splits`` by ascending mu gap; equal gaps keep its order.
+
+    Solo tickets take the shortcut of ``_best_two_team_split``: the gaps of all splits
+    come from sums of mu alone, and teams are built only for the splits the caller takes.
+    """
+    if any(ticket.size > 1 for ticket in tickets):
+        yield from sorted(two_team_splits(tickets, team_size, max_premade_gap), key=lambda split: split[0])
+        return
+    mus = [ticket.current_skill.mu for ticket in tickets]
+    offset = sum(mus) - 2 * mus[0]
+    gaps = [abs(offset - 2 * teammates) for teammates in map(sum, itertools.combinations(mus[1:], team_size - 1))]
+    choices = list(itertools.combinations(range(1, len(tickets)), team_size - 1))
+    for index in sorted(range(len(gaps)), key=gaps.__getitem__):
+        taken = {0, *choices[index]}
+        first = [tickets[i] for i in sorted(taken)]
+        second = [ticket for i, ticket in enumerate(tickets) if i not in taken]
+        yield gaps[index], first, second
+
+
 def two_team_splits(
     tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
 ) -> Iterator[tuple[float, list[Ticket], list[Ticket]]]:
