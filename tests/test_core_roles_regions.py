@@ -302,14 +302,14 @@ def test_latency_required_in_latency_queue() -> None:
 def test_latency_outside_queue_regions_rejected() -> None:
     lobby = new_lobby()
 
-    with pytest.raises(InvalidField, match="latency: .* report one of eu"):
+    with pytest.raises(InvalidField, match=r"latency: .* report one of eu"):
         lobby.join_queue(login(lobby, "a"), "near_eu", 0.0, latency={"us": 10.0})
 
 
 def test_negative_latency_rejected() -> None:
     lobby = new_lobby()
 
-    with pytest.raises(InvalidField, match="latency.eu: expected milliseconds"):
+    with pytest.raises(InvalidField, match=r"latency\.eu: expected milliseconds"):
         lobby.join_queue(login(lobby, "a"), "near", 0.0, latency={"eu": -1.0})
 
 
