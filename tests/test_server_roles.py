@@ -1,8 +1,8 @@
 """Role and latency queues over real loopback sockets, in both framings.
 
-Ten players with roles fill a 5v5 role queue and each team gets every role once in
-``match_start``; bad ``roles`` and ``latency`` fields get ``invalid_field`` naming the
-field and the session stays open; a latency queue allocates its match on the game
+Ten players with roles fill a 5v5 role queue, and each team gets every role once in
+``match_start``. Bad ``roles`` and ``latency`` fields get ``invalid_field`` naming the
+field, and the session stays open. A latency queue allocates its match on the game
 server of the region its players reach.
 """
 
