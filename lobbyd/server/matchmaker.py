@@ -162,7 +162,7 @@ class MatchmakerLoop:
         if isinstance(message, m.JoinQueue):
             if self.draining:
                 raise ShuttingDown(self._draining_message(), rid=message.rid)
-            return self.lobby.join_queue(session.id, message.queue, now, message.rid)
+            return self.lobby.join_queue_request(session.id, message, now)
         if isinstance(message, m.LeaveQueue):
             return self.lobby.leave_queue(session.id, message.queue, now, message.rid)
         if isinstance(message, m.Accept):
