@@ -284,6 +284,8 @@ class MatchmakerLoop:
         for player in players:
             self.persistence.mark_player(player)
         committed = await self._commit(record)
+        if not committed:
+            self.persistence.mark_match(record)
         log.info("match_finished_stored" if committed else "match_finished_unstored", match=record.id)
         self.apply(sends)
 
