@@ -177,8 +177,13 @@ class BotServer:
         await self._send(client, {"type": "match_result", "match": match, "ranks": places})
 
     async def _send(self, client: LobbyClient, message: dict[str, Any]) -> None:
+        # A closed connection is seen and reported by the read loop in ``run``, so a
+        # game or heartbeat task that writes after it just stops.
         async with self._write_lock:
-            await client.send(message)
+            if client.writer.is_closing():
+                return
+            with contextlib.suppress(ConnectionError):
+                await client.send(message)
 
     async def _keep_alive(self, client: LobbyClient, interval: float) -> None:
         with contextlib.suppress(ConnectionError, OSError):
