@@ -74,3 +74,19 @@ async def test_flusher_writes_players_after_commit(store: SqliteStore) -> None:
     stored = await store.load_player("alice")
     assert stored is not None
     assert stored.rating == 1600
+
+
+async def test_flush_waits_for_pinned_commit(store: SqliteStore) -> None:
+    persistence = Persistence(store, interval=1.0)
+    now = time.time()
+    persistence.mark_player(rated("alice", 1600, now))
+    commit = asyncio.create_task(persistence.commit_match(finished_match(now), ["alice", "bob"]))
+    await asyncio.sleep(0)
+
+    # Only a pinned record is dirty: flush returns once the commit has written it.
+    assert await persistence.flush() == 0
+    assert persistence.dirty == 0
+    stored = await store.load_player("alice")
+    assert stored is not None
+    assert stored.rating == 1600
+    await commit

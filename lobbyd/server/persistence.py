@@ -136,16 +136,20 @@ class Persistence:
 
         Returns how many were written. The lock is taken per transaction, so a match
         commit waits for one batch at most, never for a whole backlog. Records of
-        pinned players are left to the commit that pinned them. On failure the failed
-        batch is put back, unless a newer version of a record was marked meanwhile,
-        and ``StoreError`` is raised.
+        pinned players are left to the commit that pinned them, which this call waits
+        for when nothing else is left. On failure the failed batch is put back, unless
+        a newer version of a record was marked meanwhile, and ``StoreError`` is raised.
         """
         written = 0
         while self._players or self._matches:
             batch = await self._flush_batch()
-            if batch == 0:
+            if batch:
+                written += batch
+            elif self._group_tasks:
+                # Only pinned records are left, so wait for the commits that write them.
+                await asyncio.wait(set(self._group_tasks))
+            else:
                 break
-            written += batch
         return written
 
     async def _flush_batch(self) -> int:
