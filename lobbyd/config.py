@@ -160,6 +160,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Messages a session may send at once above the sustained rate; also how many
     rejected messages in a row end the session."""
 
+    max_queued_requests: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
+    """Entries waiting for the matchmaker; a player request that finds this many gets server_busy.
+
+    Applies to a daemon that runs alone: a cluster node's queue to the leader is not bounded yet.
+    """
+
     server_full_retry_ms: Milliseconds = 5_000
     """Retry hint sent with server_full."""
 

@@ -232,6 +232,12 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         rid=3,
         retry_after_ms=299_500,
     ),
+    "error_server_busy": m.Error(
+        code="server_busy",
+        message="the server has 50000 requests waiting; this request was dropped, retry after retry_after_ms",
+        rid=4,
+        retry_after_ms=2_000,
+    ),
 }
 
 
