@@ -25,7 +25,7 @@ from lobbyd.core import join_ticket
 from lobbyd.core.allocation import HostedMatch, MatchEvent, MatchPhase
 from lobbyd.core.game_servers import GameServer, GameServerPool, StaticServer, registered_slot
 from lobbyd.core.match_start import match_start
-from lobbyd.core.model import MatchRecord, MatchState, Place, Player, Ticket
+from lobbyd.core.model import MatchRecord, MatchState, Place, Player, QueueRules, Ticket
 from lobbyd.core.ratings import display_rating, rate
 from lobbyd.core.ready_check import CheckState, ReadyCheck
 from lobbyd.core.results import Outcome, check_result
@@ -82,8 +82,29 @@ class Hosting:
         # repeated request of their server gets a precise error. ``forget`` trims it.
         self.ended: dict[str, tuple[MatchPhase, float, str]] = {}
         self.counts = HostingCounts()
+        # Queues whose last tick found no free game server slot, so that the lobby logs
+        # when a queue stops and starts forming matches instead of every tick.
+        self.queues_on_hold: set[str] = set()
 
     # Game servers.
+
+    def free_slots(self, rules: QueueRules) -> int:
+        """Return the match slots free for ``rules``' queue on every server that may host it.
+
+        A queue with a latency limit may host in any of its ``regions`` (or any region
+        when it lists none); other queues only in their own region.
+        """
+        free = 0
+        for server in self.pool:
+            if rules.name not in server.queues:
+                continue
+            if rules.latency_steps is None:
+                fits = server.region == rules.region
+            else:
+                fits = not rules.regions or server.region in rules.regions
+            if fits:
+                free += max(server.capacity - len(server.matches), 0)
+        return free
 
     def register(self, session: str, message: m.Register, now: float) -> list[fx.Effect]:
         """Add a registered game server; an earlier session of the same server id is kicked."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
@@ -356,12 +357,35 @@ class Lobby:
             self.more_to_match = False
             return effects
         budget = self.settings.max_matches_per_tick
+        pending = Counter(check.queue for check in self.checks.values()) if self.hosting is not None else None
         for name, rules in self.rules.items():
-            for group in take_groups(self.queues[name], rules, now, budget):
+            limit = budget
+            if pending is not None:
+                limit = min(limit, self._hosting_room(rules, pending[name], effects))
+            for group in take_groups(self.queues[name], rules, now, limit):
                 effects.extend(self._propose(rules, group, now))
                 budget -= 1
         self.more_to_match = budget <= 0
         return effects
+
+    def _hosting_room(self, rules: QueueRules, pending: int, effects: list[fx.Effect]) -> int:
+        """Return how many matches ``rules``' queue may propose: free server slots not yet promised.
+
+        Every ready check still running may take a slot when it ends, so it counts as
+        taken. Without this, players who all accept get ``no_server``, go back to the
+        queue with priority and are matched again on the next tick, in a loop that
+        lasts as long as no server is free.
+        """
+        assert self.hosting is not None
+        room = self.hosting.free_slots(rules) - pending
+        on_hold = self.hosting.queues_on_hold
+        if room <= 0 and rules.name not in on_hold:
+            on_hold.add(rules.name)
+            effects.append(fx.Event("queue_held", {"queue": rules.name, "reason": "no_free_game_server"}))
+        elif room > 0 and rules.name in on_hold:
+            on_hold.discard(rules.name)
+            effects.append(fx.Event("queue_resumed", {"queue": rules.name}))
+        return max(room, 0)
 
     def void_match(self, match: str, unreachable: Iterable[str], now: float) -> list[fx.Effect]:
         """Undo a proposed match whose ``match_found`` could not reach every player.
