@@ -1,4 +1,4 @@
-"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token`` and ``sim``.
+"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token``, ``sim`` and ``replay``.
 
 Operator mistakes end in one line on stderr and an exit code, never a traceback:
 2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with the daemon's game_server_secret (default: $LOBBYD_GAME_SERVER_SECRET)",
     )
     sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+    from lobbyd.tuning import cli as tuning_cli
+
+    replay_help = "run recorded or synthetic queue events through the matchmaker offline and report match quality"
+    tuning_cli.add_arguments(commands.add_parser("replay", help=replay_help))
     return parser
 
 
@@ -111,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lobbyd.client_cli import run_cli as run_client
 
         return run_client(args)
+    if args.command == "replay":
+        from lobbyd.tuning.cli import run_cli as run_replay
+
+        return run_replay(args)
     from lobbyd.sim import run_cli as run_sim
 
     return run_sim(args)

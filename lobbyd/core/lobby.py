@@ -20,7 +20,7 @@ import msgspec
 
 from lobbyd.core import effects as fx
 from lobbyd.core.hosting import Hosting, HostingSettings
-from lobbyd.core.matchmaker import take_groups
+from lobbyd.core.matchmaker import GroupPolicy, take_groups
 from lobbyd.core.model import (
     DEFAULT_RATING,
     LobbySettings,
@@ -301,8 +301,11 @@ class Lobby:
 
     # Time.
 
-    def tick(self, now: float, *, form_matches: bool = True) -> list[fx.Effect]:
-        """Expire overdue ready checks, then form new matches in every queue unless ``form_matches`` is false."""
+    def tick(self, now: float, *, form_matches: bool = True, policy: GroupPolicy = take_groups) -> list[fx.Effect]:
+        """Expire overdue ready checks, then form new matches in every queue unless ``form_matches`` is false.
+
+        ``policy`` picks the groups; the daemon always uses ``take_groups``.
+        """
         effects: list[fx.Effect] = self.hosting.tick(now) if self.hosting is not None else []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
@@ -311,7 +314,7 @@ class Lobby:
             return effects
         budget = self.settings.max_matches_per_tick
         for name, rules in self.rules.items():
-            for group in take_groups(self.queues[name], rules, now, budget):
+            for group in policy(self.queues[name], rules, now, budget):
                 effects.extend(self._propose(rules, group, now))
                 budget -= 1
         self.more_to_match = budget <= 0
