@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--listen", help="HOST:PORT to accept clients on (default 127.0.0.1:7847)")
     serve.add_argument("--data-dir", help="directory for the SQLite database (default ./var)")
+    serve.add_argument(
+        "--record-events", metavar="FILE", help="append queue events to FILE for lobbyd replay (default: off)"
+    )
 
     client = commands.add_parser("client", help="talk to a daemon interactively or from a script")
     client.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
@@ -158,6 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["listen"] = args.listen
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
+    if args.record_events is not None:
+        overrides["record_events_file"] = args.record_events
     try:
         config = config_module.load(args.config, overrides=overrides)
     except ConfigError as exc:

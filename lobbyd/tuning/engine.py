@@ -18,6 +18,7 @@ import collections
 import functools
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -27,7 +28,7 @@ import msgspec
 from lobbyd.core import effects as fx
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.matchmaker import GroupPolicy, take_groups
-from lobbyd.core.model import LobbySettings, MatchRecord, PlayerRecord, QueueRules
+from lobbyd.core.model import LobbySettings, MatchRecord, Place, PlayerRecord, QueueRules
 from lobbyd.core.ratings import Skill, display_rating
 from lobbyd.errors import QueueLocked, RemoteError
 from lobbyd.protocol import messages as m
@@ -41,12 +42,18 @@ DEFAULT_DRAIN_S: Final = 120.0
 # Order of actions due at the same instant: requests before the tick.
 _REQUEST: Final = 0
 
+# An answer that does not answer: the player lets the ready check run out.
+SILENT: Final = "silent"
+# Seconds after a recorded check ended that a player who had not answered yet is
+# taken to answer: their answer was on its way, so it came late.
+LATE_ANSWER_S: Final = 0.001
+
 
 class Behaviour(Protocol):
     """How players answer ready checks and come back after a cancelled match."""
 
     def answer(self, player: str, match: str) -> tuple[str, float] | None:
-        """Return ("accept" | "decline" | "disconnect", delay in seconds), or None when unknown."""
+        """Return ("accept" | "decline" | "disconnect" | "silent", delay in seconds), or None when unknown."""
         ...
 
     def return_after(self, reason: str) -> float | None:
@@ -190,7 +197,16 @@ class Engine:
 
     # Requests.
 
-    def _join(self, join: Join, now: float) -> None:
+    def _join(self, join: Join, now: float, deadline: float | None = None) -> None:
+        # A recorded join can come a few milliseconds after the player's decline.
+        # Replayed ticks fall at other instants than the daemon's, so the replayed
+        # match may not even be offered yet: the join waits, up to one ready check
+        # and two ticks, for the player to be idle, and is then tried regardless.
+        if deadline is None:
+            deadline = now + self.config.settings.ready_timeout + 2 * self.config.tick_interval
+        if now < deadline and any(self._busy(player) for player in join.players):
+            self._at(now + self.config.tick_interval, functools.partial(self._join, join, deadline=deadline))
+            return
         try:
             self._prepare(join, now)
             effects = self.lobby.join_queue(self._sessions[join.player], join.queue, now, **_join_kwargs(join))
@@ -209,8 +225,13 @@ class Engine:
             self.outcome.players[person.player] = PlayerFacts(
                 join.queue, person.rating, person.skill, tuple(person.roles), person.latency, first
             )
-        self._emit(msgspec.structs.replace(join, t=round(now, 3)))
+        self._emit(msgspec.structs.replace(join, t=round(now, 6)))
         self._apply(effects, now)
+
+    def _busy(self, player_id: str) -> bool:
+        player = self.lobby.players.get(player_id)
+        busy = (Place.QUEUED, Place.READY_CHECK)
+        return player is not None and player.session is not None and player.place in busy
 
     def _prepare(self, join: Join, now: float) -> None:
         """Connect every player of ``join`` with the recorded rating and put them in one party."""
@@ -261,7 +282,7 @@ class Engine:
         except RemoteError as exc:
             self.outcome.rejected[exc.code] += 1
             return
-        self._emit(Leave(t=round(now, 3), player=player))
+        self._emit(Leave(t=round(now, 6), player=player))
         self._apply(effects, now)
 
     def _disconnect(self, player: str, now: float, match: str | None = None) -> None:
@@ -269,12 +290,12 @@ class Engine:
         session = self._sessions.pop(player, None)
         if session is None:
             return
-        self._emit(Disconnect(t=round(now, 3), player=player, match=match))
+        self._emit(Disconnect(t=round(now, 6), player=player, match=match))
         self._apply(self.lobby.disconnect(session, now), now)
 
     def _answer(self, player: str, match: str, action: str, now: float) -> None:
         session = self._sessions.get(player)
-        if session is None:
+        if session is None or action == SILENT:
             return
         if action == "disconnect":
             self._disconnect(player, now, match)
@@ -289,7 +310,7 @@ class Engine:
             self.outcome.late_answers += 1
             return
         event = Decline if action == "decline" else Accept
-        self._emit(event(t=round(now, 3), player=player, match=match))
+        self._emit(event(t=round(now, 6), player=player, match=match))
         self._apply(effects, now)
 
     def _return_later(self, player: str, match: str, reason: str, now: float) -> None:
@@ -319,7 +340,7 @@ class Engine:
     def _offer(self, offer: fx.OfferMatch, now: float) -> None:
         check = self.lobby.checks[offer.match]
         players = list(check.players)
-        self._emit(Offer(t=round(now, 3), match=offer.match, queue=check.queue, players=players))
+        self._emit(Offer(t=round(now, 6), match=offer.match, queue=check.queue, players=players))
         for player in players:
             answer = self.behaviour.answer(player, offer.match)
             if answer is None:
@@ -353,25 +374,35 @@ def _people(join: Join) -> list[Member]:
 
 
 class ScriptedBehaviour:
-    """Answers from a recording: each player's answers in order, each as long after its offer as recorded.
+    """Answers from a recording: each player's answers in offer order, each as long after its offer as recorded.
 
-    A recording has no returns to script: a player who queued again after a cancel
-    has their own ``join`` in it.
+    An offer the player never answered in the recording (the check ended first, or
+    their answer came too late) is answered the same way: with an accept just after
+    the recorded check ended, or not at all if it expired. A recording has no returns
+    to script, because a player who queued again after a cancel has their own join.
     """
 
     def __init__(self, events: Iterable[Event]) -> None:
-        offered: dict[str, float] = {}
-        self.answers: dict[str, collections.deque[tuple[str, float]]] = collections.defaultdict(collections.deque)
+        offers: list[Offer] = []
+        answers: dict[tuple[str, str], tuple[str, float]] = {}
+        ended: dict[str, float] = {}
         for event in events:
             if isinstance(event, Offer):
-                offered[event.match] = event.t
-            elif isinstance(event, Accept | Decline) or (isinstance(event, Disconnect) and event.match is not None):
+                offers.append(event)
+            elif isinstance(event, Accept):
+                answers[event.player, event.match] = ("accept", event.t)
+            elif isinstance(event, Decline) or (isinstance(event, Disconnect) and event.match is not None):
                 assert event.match is not None
-                action = (
-                    "accept" if isinstance(event, Accept) else "decline" if isinstance(event, Decline) else "disconnect"
-                )
-                delay = max(event.t - offered.get(event.match, event.t), 0.0)
-                self.answers[event.player].append((action, round(delay, 3)))
+                answers[event.player, event.match] = (_action(event), event.t)
+                ended.setdefault(event.match, event.t)
+
+        self.answers: dict[str, collections.deque[tuple[str, float]]] = collections.defaultdict(collections.deque)
+        for offer in offers:
+            for player in offer.players:
+                action, at = answers.get((player, offer.match), (SILENT, math.inf))
+                if action == SILENT and offer.match in ended:
+                    action, at = "accept", ended[offer.match] + LATE_ANSWER_S
+                self.answers[player].append((action, max(at - offer.t, 0.0)))
 
     def answer(self, player: str, match: str) -> tuple[str, float] | None:
         queue = self.answers.get(player)
@@ -379,3 +410,7 @@ class ScriptedBehaviour:
 
     def return_after(self, reason: str) -> float | None:
         return None
+
+
+def _action(event: Decline | Disconnect) -> str:
+    return "decline" if isinstance(event, Decline) else "disconnect"

@@ -2,7 +2,8 @@
 
 The first line of a recording is a header, ``{"type": "header", "format":
 "lobbyd-events", "version": 1, ...}``; every later line is one event with a
-``type`` and a time ``t`` in seconds. A daemon appends to its recording across
+``type`` and a time ``t`` in seconds: since the epoch from a daemon, since the
+start from a population. A daemon appends to its recording across
 restarts, so a header may appear again further down; each header starts a new
 segment and must carry a version this reader knows.
 
@@ -124,7 +125,7 @@ class RecordingError(ValueError):
 class Recording:
     header: Header
     events: list[Event]
-    """Events in file order, with ``t`` made relative to the first event."""
+    """Events in file order, with ``t`` in seconds since the first header's ``started_at``."""
 
 
 def encode(line: Line) -> bytes:
@@ -158,7 +159,7 @@ def read(path: Path) -> Recording:
     if header is None:
         msg = f"{path}: the file is empty; a recording starts with a {FORMAT} header line"
         raise RecordingError(msg)
-    return Recording(header, _relative(events))
+    return Recording(header, _relative(events, header.started_at))
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Line]]:
@@ -176,9 +177,12 @@ def _lines(path: Path) -> Iterator[tuple[int, Line]]:
                 raise RecordingError(msg) from None
 
 
-def _relative(events: list[Event]) -> list[Event]:
-    """Shift times so the first event is at 0; a daemon's times are seconds since the epoch."""
-    if not events:
+def _relative(events: list[Event], started_at: float) -> list[Event]:
+    """Shift times to seconds since ``started_at``; a daemon's times are seconds since the epoch.
+
+    An event stamped before ``started_at``, which only a clock step backwards makes,
+    is moved to 0.
+    """
+    if started_at == 0:
         return events
-    start = min(event.t for event in events)
-    return [msgspec.structs.replace(event, t=round(event.t - start, 3)) for event in events]
+    return [msgspec.structs.replace(event, t=round(max(event.t - started_at, 0.0), 6)) for event in events]

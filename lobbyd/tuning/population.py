@@ -252,4 +252,3 @@ class PopulationBehaviour:
         if reason == "disconnected":
             return self.population.reconnect_delay_s
         return self.population.rejoin_delay_s
-
