@@ -159,8 +159,9 @@ def _check_population(model: population.Population, engine_config: EngineConfig)
         raise UsageError(msg)
     if model.party_share == 0:
         return
-    refused = sorted(set(model.party_sizes) - set(rules.party_sizes))
-    if refused:
+    unsupported = sorted(set(model.party_sizes) - set(rules.party_sizes))
+    if unsupported:
         allowed = ", ".join(str(size) for size in rules.party_sizes)
-        msg = f"queue {model.queue!r} takes parties of {allowed} players, but the population has parties of {refused}"
+        sizes = ", ".join(str(size) for size in unsupported)
+        msg = f"queue {model.queue!r} takes parties of {allowed} players, but the population has parties of {sizes}"
         raise UsageError(msg)

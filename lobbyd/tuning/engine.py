@@ -72,7 +72,7 @@ class EngineConfig:
 
 @dataclass(frozen=True, slots=True)
 class PlayerFacts:
-    """What a player's last join said about them."""
+    """A player's queue, rating, skill, roles and latencies from their last join."""
 
     queue: str
     rating: int
@@ -85,7 +85,7 @@ class PlayerFacts:
 
 @dataclass(slots=True)
 class Outcome:
-    """What happened in one run."""
+    """The matches, cancels, penalties and rejected requests of one run."""
 
     policy: str
     started: list[MatchRecord] = field(default_factory=list)
@@ -108,8 +108,8 @@ def _join_kwargs(join: Join) -> dict[str, Any]:
     """Return the extra ``join_queue`` arguments for ``join``'s role preferences and latencies.
 
     TODO: pass ``join.roles`` and ``join.latency`` (and the members') once the core's
-    ``join_queue`` takes role and region arguments; until then roles and regions do
-    not affect the matches, and the report shows autofill as n/a.
+    ``join_queue`` takes role and region arguments. Until then roles and regions do
+    not affect the matches, so the report shows autofill as n/a.
     """
     return {}
 
