@@ -70,6 +70,13 @@ log = logs.get(__name__)
 # Returned by the input steps when the session must close after the replies so far.
 _CLOSE: Final = object()
 
+# Aliases for the per-message paths: on CPython 3.11 reading an enum member as a
+# class attribute costs about 60 ns, ten times a module global (timeit).
+_NEW: Final = SessionState.NEW
+_AUTHENTICATED: Final = SessionState.AUTHENTICATED
+_CLOSED: Final = SessionState.CLOSED
+_PLAYER: Final = SessionRole.PLAYER
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -189,7 +196,7 @@ class Session(asyncio.Protocol):
     @property
     def open(self) -> bool:
         """True while messages can still be written to this session."""
-        return self.state is not SessionState.CLOSED and not self._transport.is_closing()
+        return self.state is not _CLOSED and not self._transport.is_closing()
 
     # Life cycle: the transport's callbacks.
 
@@ -211,7 +218,7 @@ class Session(asyncio.Protocol):
         one call's work is bounded by that and by the session's rate limit.
         """
         self.bytes_in += len(data)
-        if self.state is SessionState.CLOSED:
+        if self.state is _CLOSED:
             self._release()
             return
         self._codec.receive_data(data)
@@ -324,7 +331,7 @@ class Session(asyncio.Protocol):
 
     def send_many(self, messages: list[ServerMessage]) -> bool:
         """Queue ``messages`` in one write; return False if the session cannot take them."""
-        if self.state is SessionState.CLOSED or self._transport.is_closing():
+        if self.state is _CLOSED or self._transport.is_closing():
             return False
         self.frames_out += len(messages)
         encode = self._codec.encode
@@ -455,12 +462,12 @@ class Session(asyncio.Protocol):
                 if not self._rate_limited(f"this {_type_of(message)!r}", message.rid, replies):
                     return _CLOSE
                 continue
-            if type(message) is Ping and self.state is SessionState.AUTHENTICATED:
+            if type(message) is Ping and self.state is _AUTHENTICATED:
                 self._reply(replies, Pong(rid=message.rid))
                 continue
-            if self.state is SessionState.NEW and type(message) is Hello:
+            if self.state is _NEW and type(message) is Hello:
                 return message
-            if type(message) is GetHistory and self.role is SessionRole.PLAYER:
+            if type(message) is GetHistory and self.role is _PLAYER:
                 return message
             try:
                 self._handle(message, replies)
@@ -471,7 +478,7 @@ class Session(asyncio.Protocol):
                     self.close_reason = exc.code
                     return _CLOSE
                 self._reply(replies, _error(exc))
-            if self.state is SessionState.CLOSED:
+            if self.state is _CLOSED:
                 return None
 
     async def _await_then_process(
