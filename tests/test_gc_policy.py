@@ -19,11 +19,11 @@ async def test_closed_session_freed_without_gc(server: RunningServer, connect: C
             await client.request("join_queue", queue="5v5")
             await client.recv_type("queued")
             session = next(s for s in server.server.registry if s.player == f"gc{i}")
-            refs.append((weakref.ref(session.task), weakref.ref(session._reader), weakref.ref(session._writer)))
+            refs.append((weakref.ref(session), weakref.ref(session._transport)))
             del session
             await client.close()
         await asyncio.sleep(0.2)
         alive = [[ref() is not None for ref in group] for group in refs]
     finally:
         gc.enable()
-    assert alive == [[False, False, False]] * 3
+    assert alive == [[False, False]] * 3

@@ -77,6 +77,29 @@ async def test_pipelined_replies_keep_order(connect: ClientFactory) -> None:
     assert [r["type"] for r in replies] == ["welcome", "pong", "queued", "pong", "error", "left_queue"]
 
 
+@pytest.mark.parametrize("json_lines", [False, True], ids=["binary", "json"])
+async def test_replies_from_store_and_matchmaker_keep_order(connect: ClientFactory, json_lines: bool) -> None:
+    # get_history reads the store, get_profile goes through the matchmaker and ping is
+    # answered at once: three paths whose replies must still leave in request order.
+    client = await connect("hist", json_lines=json_lines)
+    batch = b"".join(
+        client.encode(message)
+        for message in (
+            {"type": "ping", "rid": 1},
+            {"type": "get_profile", "rid": 2},
+            {"type": "get_history", "rid": 3},
+            {"type": "ping", "rid": 4},
+            {"type": "get_profile", "rid": 5},
+            {"type": "get_history", "limit": 1, "rid": 6},
+            {"type": "ping", "rid": 7},
+        )
+    )
+    client.writer.write(batch)
+    replies = [await client.recv() for _ in range(7)]
+    assert [r.get("rid") for r in replies] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r["type"] for r in replies] == ["pong", "profile", "history", "pong", "profile", "history", "pong"]
+
+
 async def test_decline_requeues_acceptors(connect: ClientFactory) -> None:
     clients = await _queue_ten(connect, False, "d")
     match = (await clients[0].recv_type("match_found"))["match"]

@@ -20,9 +20,8 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.config import Config, parse_listen
@@ -44,7 +43,7 @@ from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
 from lobbyd.server.recording import EventRecorder
-from lobbyd.server.refusal import refuse_connection
+from lobbyd.server.refusal import Refusal
 from lobbyd.server.registry import Registry
 from lobbyd.server.reload import ConfigSource, Reloader
 from lobbyd.server.requests import Request
@@ -266,15 +265,16 @@ class Server:
         return "+".join(mode for mode in (registered, static) if mode) or "none"
 
     async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._inherited:
             # Listening again on a listening socket only sets its backlog, here to
             # the Backlog= of the shipped lobbyd.socket.
             for sock in self._inherited:
-                self._listeners.append(await asyncio.start_server(self._accept, sock=sock, backlog=LISTEN_BACKLOG))
+                self._listeners.append(await loop.create_server(self._accept, sock=sock, backlog=LISTEN_BACKLOG))
             log.info("listen_ignored", listen=self.config.listen, reason="listening on sockets passed by systemd")
         else:
             host, port = self.config.host_port
-            listener = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
+            listener = await loop.create_server(self._accept, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
             self._listeners.append(listener)
         sockets = [sock for listener in self._listeners for sock in listener.sockets]
         self.address = sockets[0].getsockname()[:2]
@@ -379,22 +379,24 @@ class Server:
         log.info("server_stopped")
         self.notifier.close()
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Coroutine[Any, Any, None]:
-        # A plain function returning the session's coroutine, so that the task
-        # start_server makes runs Session.run directly, one coroutine level less per read.
-        refusal = self._over_limit(writer)
+    def _accept(self) -> asyncio.Protocol:
+        return _Admission(self)
+
+    def admit(self, transport: asyncio.BaseTransport) -> asyncio.Protocol:
+        """Return the protocol for a new connection: its session, or a refusal."""
+        refusal = self._over_limit(transport)
         if refusal is None:
-            return Session(reader, writer, self).run()
+            return Session(self)
         self.metrics.errors_sent[ServerFull.code] += 1
         # Refusals come near the connection limit, where descriptors may run out too.
         self.fds.check()
-        return refuse_connection(reader, writer, refusal, self.config.server_full_retry_ms)
+        return Refusal(refusal, self.config.server_full_retry_ms)
 
-    def _over_limit(self, writer: asyncio.StreamWriter) -> str | None:
+    def _over_limit(self, transport: asyncio.BaseTransport) -> str | None:
         """Return why a new connection must be refused, or None to serve it."""
         if len(self.registry) >= self.fds.max_connections:
             return f"the server is at its limit of {self.fds.max_connections} connections"
-        peer = writer.get_extra_info("peername")
+        peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         if self._per_address[address] >= self.config.max_connections_per_address:
             limit = self.config.max_connections_per_address
@@ -417,9 +419,9 @@ class Server:
         for session in self.registry:
             session.kick("shutdown", retry_after_ms=self._jitter.randint(0, window))
 
-        stragglers = await _wait_bounded({s.task for s in self.registry if s.task is not None}, timeout)
-        for task in stragglers:
-            task.cancel()
+        stragglers = [] if await self.registry.wait_empty(timeout) else list(self.registry)
+        for session in stragglers:
+            session.close("shutdown", abort=True)
         self.matchmaker.drain_requests()
         remaining = max(timeout - (time.monotonic() - started), 0.1)
         unfinished = await _wait_bounded(self.matchmaker.starts, remaining)
@@ -427,7 +429,7 @@ class Server:
             task.cancel()
         log.info(
             "shutdown_sessions_closed",
-            cancelled_sessions=len(stragglers),
+            aborted_sessions=len(stragglers),
             cancelled_starts=len(unfinished),
             ms=round((time.monotonic() - started) * 1000),
         )
@@ -514,3 +516,22 @@ async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[a
         return set()
     _, still_running = await asyncio.wait(pending, timeout=seconds)
     return still_running
+
+
+class _Admission(asyncio.Protocol):
+    """The protocol a connection starts with: it hands the transport on at once.
+
+    The connection limits need the peer's address, which the protocol factory does
+    not get. So ``connection_made`` gets the protocol from ``Server.admit`` and
+    installs it before any byte is read.
+    """
+
+    __slots__ = ("_server",)
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        protocol = self._server.admit(transport)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)

@@ -78,7 +78,43 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
 
 def get(name: str) -> Any:
     """Return a logger for module ``name``; events are snake_case names with key-values."""
-    return structlog.get_logger(name)
+    return _LevelGate(structlog.get_logger(name))
+
+
+class _LevelGate:
+    """A module logger that drops a call below the level before structlog receives it.
+
+    structlog's lazy proxy binds a new logger on every call, and the level processor
+    then drops the event by raising: about 3 µs per dropped ``info`` on CPython 3.11
+    (timeit), paid several times per player when the level is ``warning``.
+    """
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if _threshold <= logging.DEBUG:
+            self._logger.debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if _threshold <= logging.INFO:
+            self._logger.info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if _threshold <= logging.WARNING:
+            self._logger.warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._logger.error(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._logger.exception(event, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        # bind() and anything else go to structlog, whose level processor still applies.
+        return getattr(self._logger, name)
 
 
 def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

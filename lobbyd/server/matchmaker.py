@@ -22,15 +22,22 @@ from lobbyd.server import game_server_session, logs
 from lobbyd.server.fanout import fan_out
 from lobbyd.server.game_server_session import SessionRole
 from lobbyd.server.metrics import Metrics
+from lobbyd.server.pacing import Pacer
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.recording import EventRecorder
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session import Session
 
-# Requests applied per turn of the loop before sessions get to read and write again:
-# a burst of 10,000 joins or accepts is cut into slices of a few milliseconds each.
-REQUEST_BATCH: Final = 256
+# Seconds of work per turn of the loop before sessions get to read and write again:
+# a burst of 10,000 joins or accepts is cut into slices this long. A request count
+# would not bound the time, because one send costs from about 2 to over 20 µs
+# (wire and lifecycle benchmarks, py-spy), depending on whether the peer must be woken.
+REQUEST_SLICE_S: Final = 0.002
+
+# Seconds of match-start fan-out per turn of the loop. A group commit wakes every
+# match it wrote at once, and 50 of them write 500 match_start messages.
+START_SLICE_S: Final = 0.002
 
 # Default bound of the request queue: 5 requests per connection at the default
 # max_connections. At an estimated 10 to 30 microseconds per request, a full queue is
@@ -81,6 +88,7 @@ class MatchmakerLoop:
         self.starts: set[asyncio.Task[None]] = set()
         # Set by the server when record_events_file is configured.
         self.recorder: EventRecorder | None = None
+        self._pacer = Pacer(START_SLICE_S)
 
     def submit(self, request: Request) -> None:
         """Queue ``request``, or reject a player request with ``server_busy`` when the queue is full."""
@@ -123,7 +131,7 @@ class MatchmakerLoop:
                 else:
                     # Let sessions read and write before the next slice of work.
                     await asyncio.sleep(0)
-                self.drain_requests(REQUEST_BATCH)
+                self.drain_requests(REQUEST_SLICE_S)
                 if loop.time() >= next_tick:
                     self.tick()
                     # A late tick does not trigger a burst of catch-up ticks; a tick
@@ -134,13 +142,15 @@ class MatchmakerLoop:
         finally:
             log.info("matchmaker_stopped")
 
-    def drain_requests(self, limit: int | None = None) -> None:
-        """Apply the requests already queued, at most ``limit`` of them, without waiting."""
-        count = 0
-        while not self.requests.empty() and (limit is None or count < limit):
-            self.handle(self.requests.get_nowait())
-            count += 1
-        if self._busy_rejected is not None and self.requests.empty():
+    def drain_requests(self, seconds: float | None = None) -> None:
+        """Apply the requests already queued without waiting, for at most about ``seconds``."""
+        deadline = None if seconds is None else time.perf_counter() + seconds
+        requests = self.requests
+        while not requests.empty():
+            self.handle(requests.get_nowait())
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+        if self._busy_rejected is not None:
             log.info("request_queue_drained", rejected=self._busy_rejected)
             self._busy_rejected = None
 
@@ -304,6 +314,7 @@ class MatchmakerLoop:
             return
         committed = time.perf_counter()
         self.metrics.matches_started[record.queue] += 1
+        await self._pacer.pace()
         delivered = await fan_out(sends, self.registry, self.send_timeout)
         log.info(
             "match_started",

@@ -1,7 +1,10 @@
 """One client connection: read, frame, reply to what it can, hand the rest to the matchmaker.
 
-The read loop takes large chunks, decodes every complete frame in a chunk and writes
-the replies it made itself in one batch per chunk. Requests that change lobby state
+A session is the connection's ``asyncio.Protocol``. Each ``data_received`` feeds the
+codec, handles every complete frame synchronously and writes the replies it made
+itself in one ``transport.write``. Only ``hello`` and ``get_history`` read the store:
+reading pauses while that read runs in a task, then the rest of the buffered frames
+are handled in order. Requests that change lobby state
 go to the matchmaker loop through its queue. To keep replies in request order, once
 a session has a request in flight, its own replies (``pong``, errors) travel through
 the same queue as ``Relay`` requests instead of overtaking it.
@@ -19,7 +22,9 @@ end the session with ``kicked`` {reason ``rate_limited``}.
 Outgoing bytes are never awaited here. Each write goes to the transport's buffer;
 a session whose unsent bytes pass ``max_outgoing`` is aborted as a slow consumer,
 which bounds memory however many clients stop reading. A graceful close that
-cannot flush its last bytes within ``close_timeout`` is aborted too.
+cannot flush its last bytes within ``close_timeout`` is aborted too. ``drain``
+waits on the transport's ``pause_writing`` and ``resume_writing`` calls, for the
+fan-out of a match start.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 import itertools
 import secrets
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from lobbyd.auth import TokenVerifier
 from lobbyd.core.model import HistoryEntry, PlayerRecord
@@ -60,14 +65,17 @@ from lobbyd.server.ratelimit import TokenBucket
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
 
-# Bytes asked of the socket per read: large enough to take a burst of pipelined
-# frames in one call, small enough that one read's work never stalls the loop.
-READ_CHUNK: Final = 65_536
-
 log = logs.get(__name__)
 
 # Returned by the input steps when the session must close after the replies so far.
 _CLOSE: Final = object()
+
+# Aliases for the per-message paths: on CPython 3.11 reading an enum member as a
+# class attribute costs about 60 ns, ten times a module global (timeit).
+_NEW: Final = SessionState.NEW
+_AUTHENTICATED: Final = SessionState.AUTHENTICATED
+_CLOSED: Final = SessionState.CLOSED
+_PLAYER: Final = SessionRole.PLAYER
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +108,28 @@ class SessionHost(Protocol):
     async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]: ...
 
 
-class Session:
+class Session(asyncio.Protocol):
     """One connected client, from accept to close."""
 
     # Slots and a logger bound only when a line is written keep an idle session
     # small: at 100,000 sessions every hundred bytes is 10 MB.
     __slots__ = (
+        "__weakref__",
         "_bucket",
         "_close_timer",
         "_codec",
+        "_connected",
+        "_drain_waiter",
         "_host",
         "_last_active",
         "_loop",
         "_opened",
         "_partial_since",
-        "_reader",
+        "_released",
+        "_store_read",
         "_timer",
         "_transport",
-        "_writer",
+        "_write_paused",
         "address",
         "bytes_in",
         "bytes_out",
@@ -131,10 +143,9 @@ class Session:
         "role",
         "server",
         "state",
-        "task",
     )
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: SessionHost) -> None:
+    def __init__(self, host: SessionHost) -> None:
         self.id = _new_session_id()
         self.player: str | None = None
         self.role: SessionRole | None = None
@@ -143,10 +154,8 @@ class Session:
         self.state = SessionState.NEW
         self.inflight = 0
         self.close_reason: str | None = None
-        self.task: asyncio.Task[None] | None = None
-        self._reader = reader
-        self._writer = writer
-        self._transport = writer.transport
+        # Set by connection_made, which the event loop calls right after creating the session.
+        self._transport: asyncio.Transport
         self._host = host
         self._codec = Codec(host.limits.max_frame)
         self._loop = asyncio.get_running_loop()
@@ -156,9 +165,14 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._bucket = TokenBucket(host.limits.rate_per_s, host.limits.rate_burst, self._opened)
-        peer = writer.get_extra_info("peername")
-        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        # The task reading the store for a hello or get_history; reading is paused meanwhile.
+        self._store_read: asyncio.Task[None] | None = None
+        self._connected = False
+        self._released = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self.address = ""
+        self.peer = ""
         # Traffic counters for metrics: plain ints, read at scrape time. Bytes are added
         # once per read or write call, frames once per message, and nothing takes a lock.
         self.frames_in = 0
@@ -182,58 +196,88 @@ class Session:
     @property
     def open(self) -> bool:
         """True while messages can still be written to this session."""
-        return self.state is not SessionState.CLOSED and not self._transport.is_closing()
+        return self.state is not _CLOSED and not self._transport.is_closing()
 
-    # Life cycle.
+    # Life cycle: the transport's callbacks.
 
-    async def run(self) -> None:
-        """Serve the connection until it closes; cleanup always runs.
-
-        The read loop sits in this coroutine itself, not in a helper it awaits,
-        because every coroutine level is resumed again on each read.
-        """
-        self.task = asyncio.current_task()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._connected = True
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._host.register(self)
         self._arm_timer(self._opened + self._host.limits.hello_timeout)
         log.info("session_opened", session=self.id, peer=self.peer)
-        read = self._reader.read
-        codec = self._codec
+
+    def data_received(self, data: bytes) -> None:
+        """Handle every complete frame in the buffer and write the replies in one batch.
+
+        uvloop 0.23 passes at most 256,000 bytes per call (its receive buffer), so
+        one call's work is bounded by that and by the session's rate limit.
+        """
+        self.bytes_in += len(data)
+        if self.state is _CLOSED:
+            self._release()
+            return
+        self._codec.receive_data(data)
+        if self._store_read is not None:
+            # Handled in order once the store read ends; reading is paused until then.
+            return
         try:
-            while True:
-                data = await read(READ_CHUNK)
-                if not data:
-                    self.close_reason = self.close_reason or "peer_closed"
-                    return
-                self.bytes_in += len(data)
-                if self.state is SessionState.CLOSED:
-                    return
-                codec.receive_data(data)
-                replies: list[ServerMessage] = []
-                outcome = self._process(replies)
-                while isinstance(outcome, Hello | GetHistory):
-                    # A login or a history request reads the store: the only awaits
-                    # between two messages of a batch.
-                    outcome = await self._await_then_process(outcome, replies)
-                if replies:
-                    self.send_many(replies)
-                if outcome is _CLOSE:
-                    self.close(self.close_reason or "bad_frame")
-                    return
+            replies: list[ServerMessage] = []
+            outcome = self._process(replies)
+            if replies:
+                self.send_many(replies)
+            if outcome is not None:
+                self._end_batch(outcome)
+            elif self._partial_since is not None or self._codec.buffered:
                 self._track_partial_frame()
-        except ConnectionError as exc:
+        except Exception:
+            self._fail()
+
+    def eof_received(self) -> bool:
+        # TODO: close in paced slices. When 10,000 clients disconnect at once, libuv
+        # delivers every end of stream in one poll pass, and closing them all there
+        # held the loop for 150-200 ms in the lifecycle benchmark, mostly in uvloop
+        # and the kernel rather than in this method (py-spy).
+        self.close_reason = self.close_reason or "peer_closed"
+        self._release()
+        # False: the transport closes itself once the replies already queued are written.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connected = False
+        if exc is not None:
             self.close_reason = self.close_reason or "connection_reset"
             self.log.info("session_reset", error=str(exc))
-        except Exception:
-            self.close_reason = "internal_error"
-            self.log.exception("session_failed")
-        finally:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         if self._close_timer is not None:
             self._close_timer.cancel()
+            self._close_timer = None
+        self._wake_drain()
+        self._release()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def _fail(self) -> None:
+        self.close_reason = "internal_error"
+        self.log.exception("session_failed")
+        self._release()
+
+    def _release(self) -> None:
+        """Close, unregister and tell the lobby, once; the transport may still be flushing."""
+        if self._released:
+            return
+        self._released = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         was_authenticated = self.state is SessionState.AUTHENTICATED or (
             self.state is SessionState.CLOSED and self.role is not None
         )
@@ -290,15 +334,19 @@ class Session:
         return self._write(self._codec.encode(message))
 
     def send_many(self, messages: list[ServerMessage]) -> bool:
-        if not self.open:
+        """Queue ``messages`` in one write; return False if the session cannot take them."""
+        if self.state is _CLOSED or self._transport.is_closing():
             return False
         self.frames_out += len(messages)
+        encode = self._codec.encode
+        if len(messages) == 1:
+            message = messages[0]
+            if type(message) is Error:
+                self._host.metrics.errors_sent[message.code] += 1
+            return self._write(encode(message))
         for message in messages:
             if type(message) is Error:
                 self._host.metrics.errors_sent[message.code] += 1
-        encode = self._codec.encode
-        if len(messages) == 1:
-            return self._write(encode(messages[0]))
         return self._write(b"".join([encode(message) for message in messages]))
 
     @property
@@ -307,8 +355,30 @@ class Session:
         return self._transport.get_write_buffer_size() > self._transport.get_write_buffer_limits()[1]
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        await self._writer.drain()
+        """Wait until the transport's buffer is below its low-water mark.
+
+        Raises ``ConnectionResetError`` if the connection is lost first.
+        """
+        if not self._write_paused:
+            return
+        self._raise_if_lost()
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self._loop.create_future()
+        # Every caller waiting on this session shares the future, so it only ever gets a
+        # result. An exception that no caller retrieved would be logged at collection.
+        await asyncio.shield(waiter)
+        self._raise_if_lost()
+
+    def _raise_if_lost(self) -> None:
+        if not self._connected:
+            msg = f"session {self.id}: the connection is lost"
+            raise ConnectionResetError(msg)
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _write(self, data: bytes) -> bool:
         self.bytes_out += len(data)
@@ -321,19 +391,67 @@ class Session:
 
     # Input.
 
+    def _end_batch(self, outcome: Hello | GetHistory | object | None) -> None:
+        """Read the store, close, or wait for more bytes, once a batch's replies are written."""
+        if isinstance(outcome, Hello | GetHistory):
+            self._start_store_read(outcome)
+            return
+        if outcome is _CLOSE:
+            self.close(self.close_reason or "bad_frame")
+            self._release()
+            return
+        self._track_partial_frame()
+
+    def _start_store_read(self, message: Hello | GetHistory) -> None:
+        # Reading pauses, so the codec holds at most one read's bytes while the task
+        # runs. The frames after this one wait for it and are handled in order.
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._store_read = self._loop.create_task(self._read_store(message))
+
+    async def _read_store(self, message: Hello | GetHistory) -> None:
+        """Handle ``message`` and every buffered message after it, then resume reading."""
+        replies: list[ServerMessage] = []
+        try:
+            outcome = await self._await_then_process(message, replies)
+            while isinstance(outcome, Hello | GetHistory):
+                # Two store reads in a row keep their order without a second task. The
+                # replies so far leave first: while the next read waits, the matchmaker
+                # may answer a request that came after them.
+                if replies:
+                    self.send_many(replies)
+                    replies = []
+                outcome = await self._await_then_process(outcome, replies)
+        except Exception:
+            self._store_read = None
+            self._fail()
+            return
+        self._store_read = None
+        if self._released:
+            return
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+        try:
+            if replies:
+                self.send_many(replies)
+            self._end_batch(outcome)
+        except Exception:
+            self._fail()
+
     def _process(self, replies: list[ServerMessage]) -> Hello | GetHistory | object | None:
         """Handle the buffered messages until the buffer runs dry (None), a message
         needs the store (that ``hello`` or ``get_history``), or the session must close
         (``_CLOSE``)."""
         codec = self._codec
-        clock = self._loop.time
+        # One reading of the clock serves the whole batch: its frames arrived together.
+        now = self._loop.time()
         while True:
             try:
                 message = codec.next_message()
             except RemoteError as exc:
                 # An invalid message costs a token like a valid one, or a peer could send
                 # them without limit, each with its reply and log line.
-                if not exc.fatal and not self._bucket.take(self._loop.time()):
+                if not exc.fatal and not self._bucket.take(now):
                     if not self._rate_limited("this invalid message", exc.rid, replies):
                         return _CLOSE
                     continue
@@ -348,18 +466,17 @@ class Session:
             if message is None:
                 return None
             self.frames_in += 1
-            now = clock()
             self._last_active = now
             if not self._bucket.take(now):
                 if not self._rate_limited(f"this {_type_of(message)!r}", message.rid, replies):
                     return _CLOSE
                 continue
-            if type(message) is Ping and self.state is SessionState.AUTHENTICATED:
+            if type(message) is Ping and self.state is _AUTHENTICATED:
                 self._reply(replies, Pong(rid=message.rid))
                 continue
-            if self.state is SessionState.NEW and type(message) is Hello:
+            if self.state is _NEW and type(message) is Hello:
                 return message
-            if type(message) is GetHistory and self.role is SessionRole.PLAYER:
+            if type(message) is GetHistory and self.role is _PLAYER:
                 return message
             try:
                 self._handle(message, replies)
@@ -370,7 +487,7 @@ class Session:
                     self.close_reason = exc.code
                     return _CLOSE
                 self._reply(replies, _error(exc))
-            if self.state is SessionState.CLOSED:
+            if self.state is _CLOSED:
                 return None
 
     async def _await_then_process(
@@ -504,6 +621,9 @@ class Session:
     def _arm_timer(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._released:
+            self._timer = None
+            return
         self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
