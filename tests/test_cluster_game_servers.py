@@ -1,10 +1,11 @@
-"""Game servers in a cluster of three lobbyd processes sharing Redis and PostgreSQL.
+"""Game servers in a cluster of lobbyd processes sharing Redis and PostgreSQL.
 
-A game server connects to one node; players are spread over all three. The leader
-allocates the match to the server, every player gets ``match_start`` with the
-server's address and a join ticket, and the result moves ratings exactly once in
-PostgreSQL, whichever node it is reported to and across a leader failover. A node
-that dies takes its game server with it: the server's running match is abandoned.
+A game server connects to one node, and players are spread over the others. The
+leader allocates the match to the server, and every player gets ``match_start`` with
+the server's address and a join ticket. The result moves ratings exactly once in
+PostgreSQL, whichever node it is reported to, and across a leader failover before
+the report or while the result is being stored. A node that dies or loses Redis
+takes its game server with it: the server's running match is abandoned.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import asyncpg
 import pytest
 import redis
 
-from lobbyd.client import LobbyClient
+from lobbyd.client import ClientError, LobbyClient
 from lobbyd.core.join_ticket import verify
 from lobbyd.core.model import MatchState, PlayerRecord
 from lobbyd.store.postgres import PostgresStore
 from tests.cluster import Cluster, join, login, wait_until
 from tests.daemon import DaemonProcess
+from tests.services import ProcessProxy, host_port, with_host_port
 
 pytestmark = pytest.mark.slow
 
@@ -257,6 +259,43 @@ async def test_leader_killed_before_result(cluster: Cluster, opened: list[LobbyC
     assert (profile["type"], profile["games"]) == ("profile", 1)
 
 
+async def test_leader_killed_while_storing_result(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    proxy = ProcessProxy(host_port(cluster.pg_dsn))
+    try:
+        await run_result_failover(cluster, opened, proxy)
+    finally:
+        proxy.close()
+
+
+async def run_result_failover(cluster: Cluster, opened: list[LobbyClient], proxy: ProcessProxy) -> None:
+    # Every node reaches PostgreSQL through the proxy, so the result cannot be stored.
+    started = cluster.start_many(3, postgres_dsn=with_host_port(cluster.pg_dsn, proxy.address), **HOSTED)
+    old_leader, _ = await cluster.wait_for_leader()
+    dead = cluster.nodes[old_leader]
+    survivors = [daemon for daemon in started if daemon is not dead]
+    gs = await game_server(opened, survivors[0])
+    match, clients, starts = await running_match(cluster, opened, gs, survivors)
+
+    proxy.cut()
+    rid = await gs.request("match_result", match=match, winner=0)
+    await wait_until(lambda: match in cluster.redis_hash("finishing"), timeout=SLOW_S, message="the result recorded")
+    dead.process.send_signal(signal.SIGKILL)
+    new_leader, new_token = await cluster.wait_for_leader(not_node=old_leader, timeout=SLOW_S)
+    proxy.restore()
+
+    reply = await gs.recv_type("result_applied", "error", timeout=SLOW_S)
+    assert reply == {"type": "result_applied", "match": match, "rid": rid}
+    for player, client in clients.items():
+        assert (await client.recv_type("match_ended", timeout=SLOW_S))["reason"] == "finished", player
+        assert (await client.recv_type("rating_changed", timeout=SLOW_S))["games"] == 1, player
+    records = await wait_for_players_stored(cluster, games=1)
+    check_rated(records, winners(starts))
+    assert await result_rows(cluster, match) == 1
+    assert cluster.redis_hash("finishing") == {}
+    (elected,) = [event for event in cluster.events(new_leader, "leader_elected") if event["token"] == new_token]
+    assert elected["finishing"] == 1
+
+
 async def test_game_server_node_dies(cluster: Cluster, opened: list[LobbyClient]) -> None:
     started = cluster.start_many(3, **HOSTED)
     leader, _ = await cluster.wait_for_leader()
@@ -278,6 +317,46 @@ async def test_game_server_node_dies(cluster: Cluster, opened: list[LobbyClient]
     await wait_until_stored(cluster, match, MatchState.ABANDONED)
     assert all(record.games == 0 for record in (await stored_players(cluster)).values())
     await join(clients["p0"], "5v5")
+
+
+async def test_game_server_node_cut_from_redis(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    proxy = ProcessProxy(host_port(cluster.redis_url))
+    try:
+        await run_cut_node(cluster, opened, proxy)
+    finally:
+        proxy.close()
+
+
+async def run_cut_node(cluster: Cluster, opened: list[LobbyClient], proxy: ProcessProxy) -> None:
+    # n0 leads and has the players; n1 reaches Redis through the proxy and has the server.
+    leading = cluster.start("n0", **HOSTED)
+    assert (await cluster.wait_for_leader())[0] == "n0"
+    through_proxy = with_host_port(cluster.redis_url, proxy.address)
+    cut = cluster.start("n1", redis_url=through_proxy, redis_timeout_ms=500, **HOSTED)
+    gs = await game_server(opened, cut)
+    match, clients, _ = await running_match(cluster, opened, gs, [leading])
+
+    proxy.cut()
+
+    for player, client in clients.items():
+        ended = await client.recv_type("match_ended", timeout=SLOW_S)
+        assert ended == {"type": "match_ended", "match": match, "reason": "abandoned"}, player
+    late = await LobbyClient.connect(cut.address)
+    opened.append(late)
+    fields = {"v": 1, "server": "gs2", "secret": SERVER_SECRET, "address": GS_ADDRESS, "capacity": 1, "queues": ["5v5"]}
+    rid = await late.request("register", **fields)
+    error = await late.recv(timeout=SLOW_S)
+    assert (error["type"], error["code"], error["rid"]) == ("error", "unavailable", rid)
+    assert error["retry_after_ms"] > 0
+    with pytest.raises(ClientError):
+        await late.recv(timeout=SLOW_S)
+
+    proxy.restore()
+
+    assert (await gs.recv_type("kicked", timeout=SLOW_S))["reason"] == "unavailable"
+    again = await game_server(opened, cut)
+    assert again is not gs
+    await wait_until_stored(cluster, match, MatchState.ABANDONED)
 
 
 async def wait_until_stored(cluster: Cluster, match: str, state: MatchState) -> None:
