@@ -27,7 +27,7 @@ from lobbyd.core.model import LobbySettings, QueueRules
 from lobbyd.core.penalties import PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K
 from lobbyd.errors import ConfigError
-from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH
+from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH, MAX_ROLES
 
 # 7847 is registered to no common service and is unprivileged.
 DEFAULT_PORT: Final = 7847
@@ -36,6 +36,7 @@ ENV_PREFIX: Final = "LOBBYD_"
 Milliseconds = Annotated[int, msgspec.Meta(ge=1, le=86_400_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
 Region = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
+RoleName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
 
 class StepConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -67,10 +68,30 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     max_premade_gap: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
     """Largest difference between the biggest party on any two teams; unset, no cap."""
 
+    roles: list[RoleName] = msgspec.field(default_factory=list)
+    """Positions of a team, one player each; as many as team_size, at most 7. Empty: no roles."""
+
+    autofill_after_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    """Seconds a player waits before they may get a role they did not list; unset, never."""
+
+    latency_steps: list[StepConfig] | None = None
+    """Round-trip latency limit steps, in milliseconds, by the anchor's wait. When set,
+    each match is hosted in the region its players' reported latencies pick."""
+
+    regions: list[Region] = msgspec.field(default_factory=list)
+    """Regions a latency queue may host matches in; empty allows any region players report."""
+
     def rating_expansion(self) -> Expansion | None:
-        if self.rating_steps is None:
-            return None
-        return Expansion(tuple(ExpansionStep(step.after_s, step.limit) for step in self.rating_steps))
+        return _expansion(self.rating_steps)
+
+    def latency_expansion(self) -> Expansion | None:
+        return _expansion(self.latency_steps)
+
+
+def _expansion(steps: list[StepConfig] | None) -> Expansion | None:
+    if steps is None:
+        return None
+    return Expansion(tuple(ExpansionStep(step.after_s, step.limit) for step in steps))
 
 
 class StaticGameServer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -138,6 +159,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     rate_limit_burst: Annotated[int, msgspec.Meta(ge=1)] = 60
     """Messages a session may send at once above the sustained rate; also how many
     rejected messages in a row end the session."""
+
+    max_queued_requests: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 50_000
+    """Entries waiting for the matchmaker; a player request that finds this many gets server_busy.
+
+    Applies to a daemon that runs alone: a cluster node's queue to the leader is not bounded yet.
+    """
 
     server_full_retry_ms: Milliseconds = 5_000
     """Retry hint sent with server_full."""
@@ -318,6 +345,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
                 rating_steps=queue.rating_expansion(),
                 party_sizes=tuple(sorted(set(queue.party_sizes))),
                 max_premade_gap=queue.max_premade_gap,
+                roles=tuple(queue.roles),
+                autofill_after=queue.autofill_after_s,
+                latency_steps=queue.latency_expansion(),
+                regions=tuple(queue.regions),
             )
             for name, queue in self.queues.items()
         }
@@ -508,6 +539,35 @@ def _queue_problems(name: str, table: object) -> list[str]:
         problems.append(f"{key}.party_sizes: {too_big} exceed team_size ({queue.team_size}); a party plays on one team")
     if not queue.party_sizes:
         problems.append(f"{key}.party_sizes: at least one party size is required; [1] lets solo players queue")
+    problems += _roles_problems(key, queue)
+    problems += _steps_problems(f"{key}.latency_steps", queue.latency_steps)
+    problems += _regions_problems(key, queue)
+    return problems
+
+
+def _roles_problems(key: str, queue: QueueConfig) -> list[str]:
+    problems = []
+    roles = queue.roles
+    if roles and len(roles) != queue.team_size:
+        count = len(roles)
+        problems.append(f"{key}.roles: {count} roles for team_size {queue.team_size}; a team has one player per role")
+    if len(roles) > MAX_ROLES:
+        problems.append(f"{key}.roles: {len(roles)} roles is more than the {MAX_ROLES} a queue may have")
+    repeated = sorted({role for role in roles if roles.count(role) > 1})
+    if repeated:
+        problems.append(f"{key}.roles: {repeated[0]!r} is listed more than once")
+    if queue.autofill_after_s is not None and not roles:
+        problems.append(f"{key}.autofill_after_s: the queue has no roles to autofill; set roles or remove it")
+    return problems
+
+
+def _regions_problems(key: str, queue: QueueConfig) -> list[str]:
+    problems = []
+    if queue.regions and queue.latency_steps is None:
+        problems.append(f"{key}.regions: only a queue with latency_steps picks a region per match; set latency_steps")
+    repeated = sorted({region for region in queue.regions if queue.regions.count(region) > 1})
+    if repeated:
+        problems.append(f"{key}.regions: {repeated[0]!r} is listed more than once")
     return problems
 
 

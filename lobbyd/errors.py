@@ -112,6 +112,12 @@ class ServerFull(RemoteError):
     fatal = True
 
 
+class ServerBusy(RemoteError):
+    """A request that found the matchmaker's request queue full; it changed nothing."""
+
+    code = "server_busy"
+
+
 class InMatch(RemoteError):
     """A request that needs the player free while their match is being allocated or runs."""
 
@@ -217,6 +223,7 @@ ERROR_CODES: tuple[str, ...] = (
     InvalidToken.code,
     RateLimited.code,
     ServerFull.code,
+    ServerBusy.code,
     InMatch.code,
     WrongRole.code,
     InvalidSecret.code,

@@ -151,25 +151,39 @@ class BotServer:
                 stopped = self._games.pop(str(message["match"]), None)
                 if stopped is not None:
                     stopped.cancel()
-            elif kind == "result_applied":
-                self.results_applied += 1
-                self.on_result()
-            elif kind == "error":
-                code = str(message.get("code"))
-                self.errors[code] = self.errors.get(code, 0) + 1
+            elif kind in ("result_applied", "error"):
+                self.on_reply(message)
             elif kind == "kicked":
                 msg = f"game server {self.server_id} was kicked: {message.get('reason')}"
                 raise ClientError(msg)
+
+    def on_reply(self, message: dict[str, Any]) -> None:
+        """Count a ``result_applied`` or an ``error`` from the lobby."""
+        if message["type"] == "result_applied":
+            self.results_applied += 1
+            self.on_result()
+            return
+        code = str(message.get("code"))
+        self.errors[code] = self.errors.get(code, 0) + 1
 
     async def _host(self, client: LobbyClient, match: str, teams: list[list[str]]) -> None:
         await asyncio.sleep(self.match_seconds)
         places = play(teams, self.skills, self.rng)
         self._games.pop(match, None)
+        await self.report(client, match, places)
+
+    async def report(self, client: LobbyClient, match: str, places: list[int]) -> None:
+        """Send the ``match_result`` of ``match``: ``places`` has one place per team, 0 first."""
         await self._send(client, {"type": "match_result", "match": match, "ranks": places})
 
     async def _send(self, client: LobbyClient, message: dict[str, Any]) -> None:
+        # A closed connection is seen and reported by the read loop in ``run``, so a
+        # game or heartbeat task that writes after it just stops.
         async with self._write_lock:
-            await client.send(message)
+            if client.writer.is_closing():
+                return
+            with contextlib.suppress(ConnectionError):
+                await client.send(message)
 
     async def _keep_alive(self, client: LobbyClient, interval: float) -> None:
         with contextlib.suppress(ConnectionError, OSError):

@@ -43,6 +43,8 @@ class Behaviour:
     """Range of seconds a bot waits before it responds to match_found and before it queues again."""
     stop_when_lost: bool = False
     """End the bot when the daemon closes its connection, instead of reconnecting."""
+    hosted: bool = False
+    """Matches run on registered game servers: queue again after ``match_ended``, not after ``match_start``."""
 
 
 @dataclass(slots=True)
@@ -144,9 +146,11 @@ async def _handle(
         await client.request(verb, match=message["match"])
     elif kind == "match_start":
         record.started[str(message["match"])] = message["teams"]
-        if rng.random() < behaviour.leave_after_match:
-            return False
-        await client.request("join_queue", queue=rng.choice(behaviour.queues))
+        if not behaviour.hosted:
+            return await _after_match(client, behaviour, rng)
+    elif kind == "match_ended":
+        record.counts[f"ended_{message.get('reason')}"] += 1
+        return await _after_match(client, behaviour, rng)
     elif kind == "match_cancelled":
         record.counts["cancelled"] += 1
         if not message.get("requeued"):
@@ -156,4 +160,12 @@ async def _handle(
         return False
     elif kind == "error":
         record.counts[f"error_{message.get('code')}"] += 1
+    return True
+
+
+async def _after_match(client: LobbyClient, behaviour: Behaviour, rng: random.Random) -> bool:
+    """Queue again, or return False to disconnect, as ``leave_after_match`` says."""
+    if rng.random() < behaviour.leave_after_match:
+        return False
+    await client.request("join_queue", queue=rng.choice(behaviour.queues))
     return True

@@ -73,6 +73,18 @@ def register(
     return _hosting(lobby).register(f"g-{server}", message, 0.0)
 
 
+def offer(lobby: Lobby, players: Iterable[str], queue: str = "duel", now: float = 1.0) -> list[fx.OfferMatch]:
+    """Log in ``players``, queue them and return the offers of one tick."""
+    for player in players:
+        lobby.connect(f"s-{player}", PlayerRecord(player, player.upper(), 1500, 0.0, 0.0), player, None, now)
+        lobby.join_queue(f"s-{player}", queue, now)
+    return [e for e in lobby.tick(now) if isinstance(e, fx.OfferMatch)]
+
+
+def events(effects: Iterable[fx.Effect], name: str) -> list[fx.Event]:
+    return [e for e in effects if isinstance(e, fx.Event) and e.name == name]
+
+
 def play_to_all_accepted(
     lobby: Lobby, players: Iterable[str], queue: str = "duel", now: float = 1.0
 ) -> list[fx.Effect]:
@@ -133,8 +145,13 @@ def test_acknowledge_starts_with_server_and_ticket() -> None:
 
 def test_no_server_requeues_with_priority() -> None:
     lobby = new_lobby()
+    register(lobby, "gs1")
+    (found,) = offer(lobby, ["a", "b"], now=1.0)
+    _hosting(lobby).server_lost("g-gs1", 1.0)
 
-    effects = play_to_all_accepted(lobby, ["a", "b"], now=1.0)
+    effects: list[fx.Effect] = []
+    for player in ("a", "b"):
+        effects = lobby.accept(f"s-{player}", found.match, 1.0)
 
     assert inbox(effects, "s-b")[-1] == m.MatchCancelled(match="m1", reason="no_server", requeued=True)
     for player in ("a", "b"):
@@ -150,9 +167,42 @@ def test_region_and_queue_must_fit() -> None:
     lobby = new_lobby()
     register(lobby, "gs1", queues=("eu_duel",), region="us")
 
-    effects = play_to_all_accepted(lobby, ["a", "b"], queue="eu_duel")
+    assert offer(lobby, ["a", "b"], queue="eu_duel") == []
+    assert lobby.players["a"].place is Place.QUEUED
+    assert "eu_duel" in _hosting(lobby).queues_on_hold
 
-    assert inbox(effects, "s-b")[-1] == m.MatchCancelled(match="m1", reason="no_server", requeued=True)
+
+def test_no_match_forms_without_a_free_server() -> None:
+    # Without the check, the pair would be offered, accept, get no_server and be
+    # offered again on every tick for as long as no server is free.
+    lobby = new_lobby()
+
+    assert offer(lobby, ["a", "b"], now=1.0) == []
+    assert "duel" in _hosting(lobby).queues_on_hold
+    again = lobby.tick(2.0)
+    assert [e for e in again if isinstance(e, fx.OfferMatch)] == []
+    assert events(again, "queue_held") == []
+
+    register(lobby, "gs1", capacity=1)
+    resumed = lobby.tick(3.0)
+
+    assert len([e for e in resumed if isinstance(e, fx.OfferMatch)]) == 1
+    assert [e.fields["queue"] for e in events(resumed, "queue_resumed")] == ["duel", "trio"]
+    assert lobby.checks["m1"].tickets["a"].waiting_since == 1.0
+
+
+def test_running_ready_checks_hold_server_slots() -> None:
+    lobby = new_lobby()
+    register(lobby, "gs1", capacity=1)
+
+    offers = offer(lobby, ["a", "b", "c", "d"])
+    assert len(offers) == 1
+    assert [e for e in lobby.tick(2.0) if isinstance(e, fx.OfferMatch)] == []
+
+    # A decline ends the check and frees its slot for the players still waiting.
+    declined = lobby.checks[offers[0].match].players[0]
+    lobby.decline(f"s-{declined}", offers[0].match, 2.0)
+    assert len([e for e in lobby.tick(3.0) if isinstance(e, fx.OfferMatch)]) == 1
 
 
 def test_least_loaded_server_chosen() -> None:
@@ -168,9 +218,8 @@ def test_least_loaded_server_chosen() -> None:
     assert inbox(second, "g-small") != []
     assert inbox(third, "g-big") != []
     fourth = play_to_all_accepted(lobby, ["g", "h"])
-    fifth = play_to_all_accepted(lobby, ["i", "j"])
     assert inbox(fourth, "g-big") != []
-    assert inbox(fifth, "s-j")[-1] == m.MatchCancelled(match="m5", reason="no_server", requeued=True)
+    assert offer(lobby, ["i", "j"]) == []
 
 
 def test_refusal_requeues_and_frees_slot() -> None:
@@ -225,10 +274,10 @@ def test_static_server_starts_at_once() -> None:
     assert isinstance(message, m.MatchStart)
     assert message.server == "10.1.1.1:7777"
     assert lobby.players["a"].place is Place.IDLE
-    cancelled = inbox(play_to_all_accepted(lobby, ["c", "d"], now=2.0), "s-d")[-1]
-    assert cancelled == m.MatchCancelled(match="m2", reason="no_server", requeued=True)
-    lobby.tick(101.0)
-    assert _hosting(lobby).pool.servers["10.1.1.1:7777"].matches == {}
+    assert offer(lobby, ["c", "d"], now=2.0) == []
+    freed = lobby.tick(101.0)
+    assert events(freed, "static_slot_freed") != []
+    assert len([e for e in freed if isinstance(e, fx.OfferMatch)]) == 1
 
 
 # Running matches.

@@ -26,12 +26,13 @@ from hypothesis.stateful import (
 
 from lobbyd.core import effects as fx
 from lobbyd.core.allocation import MatchPhase
+from lobbyd.core.expansion import Expansion
 from lobbyd.core.hosting import Hosting, HostingSettings
 from lobbyd.core.join_ticket import verify
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import LobbySettings, MatchState, Place, PlayerRecord, QueueRules, Ticket
 from lobbyd.core.penalties import PenaltyLadder
-from lobbyd.core.ready_check import CheckState
+from lobbyd.core.ready_check import CheckState, ReadyCheck
 from lobbyd.errors import (
     AlreadyQueued,
     AlreadyReported,
@@ -58,7 +59,21 @@ QUEUES = {
         "squad", team_count=2, team_size=2, window_start=150.0, window_growth=50.0, party_sizes=(1, 2)
     ),
     "ffa": QueueRules("ffa", team_count=3, team_size=1, window_start=300.0, window_growth=0.0),
+    "roles": QueueRules(
+        "roles",
+        team_count=2,
+        team_size=2,
+        window_start=300.0,
+        party_sizes=(1, 2),
+        roles=("front", "back"),
+        autofill_after=25.0,
+        latency_steps=Expansion.of((0, 40), (25, 80)),
+    ),
 }
+# What each player sends in join_queue for the "roles" queue: every kind of role list,
+# and latencies that share a region under 40 ms only for some pairs.
+ROLE_PREFS = {"p0": ("front",), "p1": ("back", "front"), "p2": (), "p3": ("front",), "p4": ("back",)}
+LATENCY = {p: {"eu": 10.0 + 15 * i, "us": 70.0 - 10 * i} for i, p in enumerate(PLAYERS)}
 READY_TIMEOUT = 10.0
 FINISHED_TTL = 30.0
 # A warning, then lockouts the time steps below both reach and overrun.
@@ -69,7 +84,7 @@ SETTINGS = LobbySettings(ready_timeout=READY_TIMEOUT, finished_ttl=FINISHED_TTL,
 TIME_STEPS = (0.0, 0.5, 3.0, 9.99, 10.0, 25.0, 120.0)
 rids = st.none() | st.integers(min_value=0, max_value=2**63 - 1)
 # Mostly duel, so that matches form often. The queue "ranked" does not exist.
-queue_names = st.sampled_from(["duel", "duel", "duel", "squad", "ffa", "ranked"])
+queue_names = st.sampled_from(["duel", "duel", "duel", "squad", "ffa", "roles", "ranked"])
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,12 @@ def ticket_of(lobby: Lobby, queue: str, player: str) -> Ticket | None:
 
 def queued_players(tickets: Iterable[Ticket]) -> list[str]:
     return [player for ticket in tickets for player in ticket.players]
+
+
+def _party_left(send: fx.Send, player: str) -> bool:
+    """True when ``send`` tells a party that ``player`` left it by disconnecting."""
+    message = send.message
+    return isinstance(message, m.Party) and message.reason == "disconnected" and player not in message.members
 
 
 def all_sends(effects: Iterable[fx.Effect]) -> list[fx.Send]:
@@ -244,7 +265,27 @@ class LobbyMachine(RuleBasedStateMachine):
             assert send.message.match == offer.match
             assert send.message.players == len(check.tickets)
             assert send.message.accept_ms == round(READY_TIMEOUT * 1000)
+        rules = QUEUES[check.queue]
+        if rules.roles:
+            self.check_roles(check)
+        if rules.latency_steps is not None:
+            assert check.region is not None
+            assert all(check.region in LATENCY[player] for player in check.players)
         self.pending[offer.match] = frozenset(check.players)
+
+    def check_roles(self, check: ReadyCheck) -> None:
+        """Every team covers every role once; a role off a player's list only after the autofill wait."""
+        rules = QUEUES[check.queue]
+        for team in check.teams:
+            assert sorted(check.roles[player].role for player in team) == sorted(rules.roles)
+        for player, given in check.roles.items():
+            ticket = check.tickets[player]
+            listed = ticket.prefs_of(ticket.players.index(player))
+            if given.autofilled:
+                assert rules.autofill_after is not None
+                assert self.now - ticket.waiting_since >= rules.autofill_after
+            else:
+                assert not listed or given.role in listed
 
     def track_start(self, start: fx.StartMatch) -> None:
         record = start.record
@@ -407,7 +448,7 @@ class LobbyMachine(RuleBasedStateMachine):
     def join_queue(self, data: st.DataObject, queue: str, rid: int | None) -> None:
         self.join_as(self.draw_live_session(data, Place.IDLE), queue, rid)
 
-    @rule(queue=st.sampled_from(["duel", "duel", "squad", "ffa"]))
+    @rule(queue=st.sampled_from(["duel", "duel", "squad", "ffa", "roles"]))
     def join_every_idle(self, queue: str) -> None:
         """Send join_queue from every idle player at once, as a burst of clients would."""
         for session, pid in sorted(self.live.items()):
@@ -432,7 +473,11 @@ class LobbyMachine(RuleBasedStateMachine):
         elif 1 not in QUEUES[queue].party_sizes:
             expected = InvalidPartySize
 
-        effects = self.request(lambda: self.lobby.join_queue(session, queue, self.now, rid), rid, expected)
+        prefs = ROLE_PREFS.get(player.id, ()) if queue == "roles" else ()
+        latency = LATENCY[player.id] if queue == "roles" else None
+        effects = self.request(
+            lambda: self.lobby.join_queue(session, queue, self.now, rid, roles=prefs, latency=latency), rid, expected
+        )
         self.fresh = []
         if effects is None:
             return
@@ -672,7 +717,9 @@ class LobbyMachine(RuleBasedStateMachine):
         pending_disconnect = self.lobby.disconnect(session, self.now)
         del self.live[session]
         self.save_players(pending_disconnect)
-        assert all_sends(pending_disconnect) == []
+        # The void already settled the match, so the disconnect says nothing about it.
+        # A party member's disconnect still tells the rest of the party who left.
+        assert [s for s in all_sends(pending_disconnect) if not _party_left(s, player)] == []
         assert [e for e in pending_disconnect if isinstance(e, fx.SaveMatch)] == []
 
     @rule(player_ttl=st.sampled_from([0.0, 5.0, 60.0]))

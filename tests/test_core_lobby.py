@@ -387,7 +387,7 @@ def test_tick_offers_match() -> None:
     lobby.join_queue(session("b"), "duel", 1.0)
     effects = lobby.tick(1.0)
 
-    found = m.MatchFound(match="m1", queue="duel", players=2, accept_ms=10_000)
+    found = m.MatchFound(match="m1", queue="duel", players=2, accept_ms=10_000, region="default")
     assert of_type(effects, fx.OfferMatch) == [
         fx.OfferMatch("m1", (fx.Send(session("a"), found), fx.Send(session("b"), found)))
     ]
@@ -424,11 +424,13 @@ def test_all_accept_starts_once() -> None:
     assert of_type(first, fx.StartMatch) == []
     assert len(of_type(last, fx.StartMatch)) == 1
     assert inbox(last, session("a")) == [
-        m.MatchStart(match="m1", queue="duel", team=0, teams=[["a"], ["b"]], ratings=[[1500], [1500]])
+        m.MatchStart(match="m1", queue="duel", team=0, teams=[["a"], ["b"]], ratings=[[1500], [1500]], region="default")
     ]
     assert inbox(last, session("b")) == [
         m.Accepted(match="m1", rid=2),
-        m.MatchStart(match="m1", queue="duel", team=1, teams=[["a"], ["b"]], ratings=[[1500], [1500]]),
+        m.MatchStart(
+            match="m1", queue="duel", team=1, teams=[["a"], ["b"]], ratings=[[1500], [1500]], region="default"
+        ),
     ]
     assert lobby.checks == {}
     assert lobby.finished["m1"][:2] == (CheckState.STARTED, 2.0)

@@ -198,13 +198,53 @@ async def test_refusal_requeues(start_server: ServerFactory, connect: ClientFact
     assert server.server.hosting_counts.refused == 1
 
 
-async def test_no_free_server_requeues(start_server: ServerFactory, connect: ClientFactory) -> None:
+async def test_players_wait_for_a_free_server(start_server: ServerFactory, connect: ClientFactory) -> None:
     server = await start_server(**HOSTED)
-    players = await accepted_pair(connect)
+    players = [await connect(name) for name in ("alice", "bob")]
+    for player in players:
+        await player.request("join_queue", queue="1v1")
+        await player.recv_type("queued")
+
+    # No server: the queue is held and nobody is offered a match they could not play.
+    hosting = server.server.lobby.hosting
+    assert hosting is not None
+    for _ in range(500):
+        if "1v1" in hosting.queues_on_hold:
+            break
+        await asyncio.sleep(0.01)
+    assert "1v1" in hosting.queues_on_hold
+    assert server.server.lobby.checks == {}
+
+    gs = await game_server(connect)
+    assert (await players[0].recv_type("match_found"))["players"] == 2
+    assert "1v1" not in hosting.queues_on_hold
+    await gs.close()
+
+
+async def test_no_server_after_the_last_one_left(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = await start_server(**HOSTED)
+    gs = await game_server(connect)
+    players = [await connect(name) for name in ("alice", "bob")]
+    for player in players:
+        await player.request("join_queue", queue="1v1")
+        await player.recv_type("queued")
+    match = (await players[0].recv_type("match_found"))["match"]
+    await players[1].recv_type("match_found")
+
+    # The only server goes away during the ready check.
+    hosting = server.server.lobby.hosting
+    assert hosting is not None
+    await gs.close()
+    for _ in range(500):
+        if not hosting.pool.servers:
+            break
+        await asyncio.sleep(0.01)
+    for player in players:
+        await player.request("accept", match=match)
+        await player.recv_type("accepted")
 
     await assert_requeued(server, ["alice", "bob"], "no_server", players)
-    # The requeued pair is matched again at once, ahead of anyone newer.
-    assert (await players[0].recv_type("match_found"))["players"] == 2
+    assert server.server.lobby.checks == {}
 
 
 async def test_server_loss_while_allocating(start_server: ServerFactory, connect: ClientFactory) -> None:

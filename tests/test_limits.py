@@ -127,3 +127,34 @@ async def test_slow_consumer_dropped(start_server: ServerFactory) -> None:
     await ping_ok(healthy)
     await healthy.close()
     await sloth.close()
+
+
+async def test_full_request_queue_rejects_busy(start_server: ServerFactory) -> None:
+    server = await start_server(max_queued_requests=4)
+    flooder = await logged_in(server, "flooder")
+    other = await logged_in(server, "other")
+
+    # Twelve requests in one write: the session hands each to the matchmaker before the
+    # matchmaker runs again, so the queue fills at 4 and the other 8 are rejected.
+    count = 12
+    frames = b"".join(flooder.encode({"type": "leave_queue", "rid": rid}) for rid in range(1, count + 1))
+    flooder.writer.write(frames)
+    await flooder.writer.drain()
+    replies = [await flooder.recv() for _ in range(count)]
+
+    assert [reply["rid"] for reply in replies] == list(range(1, count + 1))
+    assert [reply["code"] for reply in replies[:4]] == ["not_queued"] * 4
+    assert [reply["code"] for reply in replies[4:]] == ["server_busy"] * 8
+    for reply in replies[4:]:
+        assert reply["retry_after_ms"] > 0
+        assert "retry" in reply["message"]
+
+    # The daemon keeps serving both sessions once the queue has drained.
+    await ping_ok(flooder)
+    await other.request("join_queue", queue="1v1")
+    assert (await other.recv_type("queued"))["queue"] == "1v1"
+    await flooder.request("join_queue", queue="1v1")
+    assert (await flooder.recv_type("queued"))["queue"] == "1v1"
+    assert server.server.matchmaker.requests.empty()
+    await flooder.close()
+    await other.close()

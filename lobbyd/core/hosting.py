@@ -24,7 +24,8 @@ from lobbyd.core import effects as fx
 from lobbyd.core import join_ticket
 from lobbyd.core.allocation import HostedMatch, MatchEvent, MatchPhase
 from lobbyd.core.game_servers import GameServer, GameServerPool, StaticServer, registered_slot
-from lobbyd.core.model import MatchRecord, MatchState, Place, Player, Ticket
+from lobbyd.core.match_start import match_start
+from lobbyd.core.model import MatchRecord, MatchState, Place, Player, QueueRules, Ticket
 from lobbyd.core.ratings import display_rating, rate
 from lobbyd.core.ready_check import CheckState, ReadyCheck
 from lobbyd.core.results import Outcome, check_result
@@ -81,8 +82,29 @@ class Hosting:
         # repeated request of their server gets a precise error. ``forget`` trims it.
         self.ended: dict[str, tuple[MatchPhase, float, str]] = {}
         self.counts = HostingCounts()
+        # Queues whose last tick found no free game server slot, so that the lobby logs
+        # when a queue stops and starts forming matches instead of every tick.
+        self.queues_on_hold: set[str] = set()
 
     # Game servers.
+
+    def free_slots(self, rules: QueueRules) -> int:
+        """Return the match slots free for ``rules``' queue on every server that may host it.
+
+        A queue with a latency limit may host in any of its ``regions`` (or any region
+        when it lists none); other queues only in their own region.
+        """
+        free = 0
+        for server in self.pool:
+            if rules.name not in server.queues:
+                continue
+            if rules.latency_steps is None:
+                fits = server.region == rules.region
+            else:
+                fits = not rules.regions or server.region in rules.regions
+            if fits:
+                free += max(server.capacity - len(server.matches), 0)
+        return free
 
     def register(self, session: str, message: m.Register, now: float) -> list[fx.Effect]:
         """Add a registered game server; an earlier session of the same server id is kicked."""
@@ -138,7 +160,9 @@ class Hosting:
 
     def begin(self, check: ReadyCheck, record: MatchRecord, now: float) -> list[fx.Effect]:
         """Place a match whose players all accepted on a game server, or requeue them."""
-        server = self.pool.pick(check.queue, self.lobby.rules[check.queue].region)
+        # The record's region is the one the match formed for: chosen by the players'
+        # latency in a queue with a latency limit, else the queue's own.
+        server = self.pool.pick(check.queue, record.region or self.lobby.rules[check.queue].region)
         if server is None:
             self.counts.no_server += 1
             effects = self._requeue(record, check.tickets, "no_server", now)
@@ -321,6 +345,7 @@ class Hosting:
                 name=self.lobby.players[player_id].name,
                 team=team_index,
                 ticket=self._ticket(player_id, record.id, now),
+                role=record.roles[player_id].role if record.roles else None,
             )
             for team_index, team in enumerate(record.teams)
             for player_id in team
@@ -331,6 +356,7 @@ class Hosting:
             teams=[list(team) for team in record.teams],
             players=players,
             allocate_ms=round(self.settings.allocate_timeout * 1000),
+            region=record.region,
         )
 
     def _ticket(self, player: str, match: str, now: float) -> str:
@@ -338,16 +364,7 @@ class Hosting:
         return join_ticket.sign(self.settings.ticket_key, player, match, expires)
 
     def _match_start(self, record: MatchRecord, player: str, now: float) -> m.MatchStart:
-        team = next(index for index, members in enumerate(record.teams) if player in members)
-        return m.MatchStart(
-            match=record.id,
-            queue=record.queue,
-            team=team,
-            teams=[list(members) for members in record.teams],
-            ratings=[list(ratings) for ratings in record.ratings],
-            server=record.server,
-            ticket=self._ticket(player, record.id, now),
-        )
+        return match_start(record, player, record.server, self._ticket(player, record.id, now))
 
     def _start_static(self, server: GameServer, record: MatchRecord, now: float) -> list[fx.Effect]:
         # A static server never reports an end, so its players are released at once
@@ -371,9 +388,7 @@ class Hosting:
         effects.append(fx.Event("allocation_failed", {"match": hosted.id, "reason": detail, "server": hosted.server}))
         return effects
 
-    def _requeue(
-        self, record: MatchRecord, tickets: dict[str, Ticket], reason: str, now: float
-    ) -> list[fx.Effect]:
+    def _requeue(self, record: MatchRecord, tickets: dict[str, Ticket], reason: str, now: float) -> list[fx.Effect]:
         """Cancel a match that got no server: connected players go back to the queue with priority."""
         self.lobby.finished[record.id] = (CheckState.CANCELLED, now, frozenset())
         cancelled = dataclasses.replace(record, state=MatchState.CANCELLED, ended_at=now, reason=reason)

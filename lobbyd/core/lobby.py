@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
 from lobbyd.core import effects as fx
+from lobbyd.core.arrangement import Arrangement, arrange
 from lobbyd.core.hosting import Hosting, HostingSettings
+from lobbyd.core.match_start import match_start
 from lobbyd.core.matchmaker import take_groups
 from lobbyd.core.model import (
     DEFAULT_RATING,
@@ -34,10 +37,12 @@ from lobbyd.core.model import (
 )
 from lobbyd.core.parties import Parties, require_idle
 from lobbyd.core.pool import TicketPool
+from lobbyd.core.preferences import check_latency, check_roles
 from lobbyd.core.ratings import Skill, display_rating, win_probability
 from lobbyd.core.ready_check import CANCEL_REASONS, CheckEvent, CheckState, ReadyCheck
 from lobbyd.core.teams import split_teams
 from lobbyd.errors import (
+    InvalidField,
     InvalidPartySize,
     NotQueued,
     QueueLocked,
@@ -167,28 +172,70 @@ class Lobby:
 
     # Queue requests.
 
-    def join_queue(self, session: str, queue: str, now: float, rid: int | None = None) -> list[fx.Effect]:
+    def join_queue(
+        self,
+        session: str,
+        queue: str,
+        now: float,
+        rid: int | None = None,
+        *,
+        roles: Sequence[str] = (),
+        latency: Mapping[str, float] | None = None,
+        party_roles: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[fx.Effect]:
+        """Queue the session's player, or their whole party when they lead one.
+
+        ``roles`` are the player's preferred roles, most wanted first; empty means any
+        role. ``latency`` is round-trip milliseconds by region. A party leader gives the
+        other members' roles in ``party_roles`` by player id, and the leader's latency
+        stands for the party. ``lobbyd.core.preferences`` lists the checks.
+        """
         player = self._player_of(session)
         if queue not in self.rules:
             known = ", ".join(sorted(self.rules))
             msg = f"queue {queue!r} does not exist: this server has {known}"
             raise UnknownQueue(msg, rid=rid)
+        rules = self.rules[queue]
+        prefs = check_roles(rules, roles, "roles", rid)
+        report = check_latency(rules, latency, rid)
         require_idle(player, rid)
         self._check_lockout(player, now, rid)
         if player.party is not None:
-            return self.parties.join_queue(player, self.rules[queue], now, rid)
-        self._check_party_size(self.rules[queue], 1, rid)
+            return self.parties.join_queue(player, rules, now, rid, prefs, report, party_roles)
+        if party_roles:
+            msg = f"party_roles: player {player.id!r} is in no party; their own roles go in roles"
+            raise InvalidField(msg, rid=rid)
+        self._check_party_size(rules, 1, rid)
 
-        ticket = Ticket(player.id, queue, player.rating, now, next(self._seq), skill=player.current_skill)
+        ticket = Ticket(
+            player.id,
+            queue,
+            player.rating,
+            now,
+            next(self._seq),
+            skill=player.current_skill,
+            role_prefs=(prefs,) if prefs else (),
+            latency=report,
+        )
         self._add_ticket(player, ticket)
         return [
             fx.Send(session, m.Queued(queue=queue, rid=rid)),
             fx.Event("queue_joined", {"player": player.id, "session": session, "queue": queue}),
         ]
 
-    def leave_queue(
-        self, session: str, queue: str | None, now: float, rid: int | None = None
-    ) -> list[fx.Effect]:
+    def join_queue_request(self, session: str, request: m.JoinQueue, now: float) -> list[fx.Effect]:
+        """Apply a wire ``join_queue`` with all its fields."""
+        return self.join_queue(
+            session,
+            request.queue,
+            now,
+            request.rid,
+            roles=request.roles or (),
+            latency=request.latency,
+            party_roles=request.party_roles,
+        )
+
+    def leave_queue(self, session: str, queue: str | None, now: float, rid: int | None = None) -> list[fx.Effect]:
         """Leave the queue; inside a ready check this declines the match.
 
         A player whose ticket was just taken into a ready check gets one outcome:
@@ -310,12 +357,35 @@ class Lobby:
             self.more_to_match = False
             return effects
         budget = self.settings.max_matches_per_tick
+        pending = Counter(check.queue for check in self.checks.values()) if self.hosting is not None else None
         for name, rules in self.rules.items():
-            for group in take_groups(self.queues[name], rules, now, budget):
+            limit = budget
+            if pending is not None:
+                limit = min(limit, self._hosting_room(rules, pending[name], effects))
+            for group in take_groups(self.queues[name], rules, now, limit):
                 effects.extend(self._propose(rules, group, now))
                 budget -= 1
         self.more_to_match = budget <= 0
         return effects
+
+    def _hosting_room(self, rules: QueueRules, pending: int, effects: list[fx.Effect]) -> int:
+        """Return how many matches ``rules``' queue may propose: free server slots not yet promised.
+
+        Every ready check still running may take a slot when it ends, so it counts as
+        taken. Without this, players who all accept get ``no_server``, go back to the
+        queue with priority and are matched again on the next tick, in a loop that
+        lasts as long as no server is free.
+        """
+        assert self.hosting is not None
+        room = self.hosting.free_slots(rules) - pending
+        on_hold = self.hosting.queues_on_hold
+        if room <= 0 and rules.name not in on_hold:
+            on_hold.add(rules.name)
+            effects.append(fx.Event("queue_held", {"queue": rules.name, "reason": "no_free_game_server"}))
+        elif room > 0 and rules.name in on_hold:
+            on_hold.discard(rules.name)
+            effects.append(fx.Event("queue_resumed", {"queue": rules.name}))
+        return max(room, 0)
 
     def void_match(self, match: str, unreachable: Iterable[str], now: float) -> list[fx.Effect]:
         """Undo a proposed match whose ``match_found`` could not reach every player.
@@ -516,7 +586,8 @@ class Lobby:
 
     def _propose(self, rules: QueueRules, group: list[Ticket], now: float) -> list[fx.Effect]:
         match = self._new_match_id()
-        teams = split_teams(group, rules.team_count, rules.team_size, rules.max_premade_gap)
+        arrangement = self._arrange(rules, group, now)
+        teams = arrangement.teams
         odds: dict[str, object] = {}
         if len(teams) == 2:
             first, second = ([skill for t in team for skill in t.skills] for team in teams)
@@ -527,7 +598,12 @@ class Lobby:
         ratings = [t.rating_of(p) for t in group for p in t.players]
         odds["rating_spread"] = max(ratings) - min(ratings)
         odds["anchor_wait"] = round(anchor_wait, 3)
-        odds["region"] = rules.region
+        odds["region"] = arrangement.region
+        if arrangement.roles:
+            odds["roles"] = {
+                player: {"role": given.role, "autofilled": given.autofilled}
+                for player, given in arrangement.roles.items()
+            }
         check = ReadyCheck(
             match=match,
             queue=rules.name,
@@ -536,6 +612,8 @@ class Lobby:
             created_at=now,
             deadline=now + self.settings.ready_timeout,
             explanation=dict(odds),
+            region=arrangement.region,
+            roles=arrangement.roles,
         )
         self.checks[match] = check
 
@@ -547,12 +625,31 @@ class Lobby:
             player.place, player.queue, player.match = Place.READY_CHECK, None, match
             self.ticket_keys.pop(player_id, None)
             assert player.session is not None
-            found = m.MatchFound(match=match, queue=rules.name, players=len(check.tickets), accept_ms=accept_ms)
+            given = check.roles.get(player_id)
+            found = m.MatchFound(
+                match=match,
+                queue=rules.name,
+                players=len(check.tickets),
+                accept_ms=accept_ms,
+                region=check.region,
+                role=given.role if given is not None else None,
+                autofilled=given is not None and given.autofilled,
+            )
             sends.append(fx.Send(player.session, found))
         return [
             fx.OfferMatch(match, tuple(sends)),
             fx.Event("match_found", {"match": match, "queue": rules.name, "players": list(check.players), **odds}),
         ]
+
+    @staticmethod
+    def _arrange(rules: QueueRules, group: list[Ticket], now: float) -> Arrangement:
+        """Return the group's teams, roles and region, which ``take_groups`` made sure exist."""
+        if not rules.constrained:
+            teams = split_teams(group, rules.team_count, rules.team_size, rules.max_premade_gap)
+            return Arrangement(teams, {}, rules.region)
+        arrangement = arrange(group, rules, now)
+        assert arrangement is not None, "take_groups formed a group that has no arrangement"
+        return arrangement
 
     def _start(self, check: ReadyCheck, now: float) -> list[fx.Effect]:
         record = self._record(check, MatchState.STARTED, now, None)
@@ -560,18 +657,15 @@ class Lobby:
         self.finished[check.match] = (CheckState.STARTED, now, frozenset(check.players))
         if self.hosting is not None:
             return self.hosting.begin(check, record, now)
-        teams = [list(team) for team in check.teams]
-        ratings = [list(team) for team in record.ratings]
 
         sends = []
-        for index, team in enumerate(check.teams):
+        for team in check.teams:
             for player_id in team:
                 player = self.players[player_id]
                 player.place, player.match = Place.IDLE, None
                 if player.session is None:
                     continue
-                start = m.MatchStart(match=check.match, queue=check.queue, team=index, teams=teams, ratings=ratings)
-                sends.append(fx.Send(player.session, start))
+                sends.append(fx.Send(player.session, match_start(record, player_id)))
         return [fx.StartMatch(record, tuple(sends))]
 
     def _cancel(
@@ -663,4 +757,10 @@ class Lobby:
             reason=reason,
             waits=tuple(round(check.created_at - check.tickets[p].waiting_since, 3) for p in order),
             explanation=check.explanation or None,
+            region=check.region or self._queue_region(check.queue),
+            roles=check.roles or None,
         )
+
+    def _queue_region(self, queue: str) -> str | None:
+        rules = self.rules.get(queue)
+        return rules.region if rules is not None else None

@@ -7,6 +7,12 @@ new one. Candidates come from the pool's rating index, nearest rating first, wit
 the anchor's window; among those, the longest-waiting fill the match. A party ticket
 counts its members, and a group forms only if its parties split into whole teams. A group is only
 formed when it is complete, so a pass never holds a ticket it cannot use.
+
+A queue with roles or a latency limit (``QueueRules.constrained``) looks at more
+candidates and admits one only if the group still has a region under the latency
+limit of the anchor's wait and can still cover every role of every team
+(``GroupCheck``); a complete group must have an arrangement (``arrange``). Queues
+without them take none of these steps.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from lobbyd.core.arrangement import GroupCheck, Partial, arrange
 from lobbyd.core.model import QueueRules, Ticket
 from lobbyd.core.pool import TicketPool
 from lobbyd.core.teams import split_parties
@@ -21,6 +28,11 @@ from lobbyd.core.teams import split_parties
 # How many in-window neighbours an anchor considers beyond the players it needs:
 # more gives older tickets a better chance to be picked, at a linear cost per anchor.
 CANDIDATE_SLACK: Final = 2
+
+# Candidates an anchor considers beyond the players it needs, per player of the match,
+# in a queue with roles or a latency limit: many neighbours cannot fill the roles still
+# open or share no region, so the anchor looks further.
+CONSTRAINED_SLACK_PER_PLAYER: Final = 3
 
 # Partial sets the party search of one anchor may visit: enough for every subset of
 # the 6 candidates of a 2v2 with slack, and a bound on a 5v5 full of parties.
@@ -51,8 +63,9 @@ def take_groups(pool: TicketPool, rules: QueueRules, now: float, limit: int) -> 
         if pool.players < need:
             break
         window = rules.window(now - anchor.waiting_since, anchor.uncertainty)
-        candidates = pool.nearest(anchor, window, need - 1 + CANDIDATE_SLACK)
-        group = _fill(anchor, candidates, rules)
+        slack = CONSTRAINED_SLACK_PER_PLAYER * need if rules.constrained else CANDIDATE_SLACK
+        candidates = pool.nearest(anchor, window, need - 1 + slack)
+        group = _fill(anchor, candidates, rules, now)
         if group is None:
             continue
         for ticket in group:
@@ -63,41 +76,63 @@ def take_groups(pool: TicketPool, rules: QueueRules, now: float, limit: int) -> 
     return groups
 
 
-def _fill(anchor: Ticket, candidates: list[Ticket], rules: QueueRules) -> list[Ticket] | None:
+def _fill(anchor: Ticket, candidates: list[Ticket], rules: QueueRules, now: float) -> list[Ticket] | None:
     """Return the anchor and candidates that make exactly one match, or None.
 
-    Solo tickets take the longest-waiting candidates. Party tickets are tried in the
-    same order by a depth-first search for player counts that add up and split into
-    whole teams (``split_parties``), the first such set winning. The search visits at
-    most ``MAX_FILL_STEPS`` partial sets, so an anchor that cannot be served costs
-    bounded time and waits for the next tick.
+    Solo tickets take the longest-waiting candidates. Party tickets, and every ticket
+    of a queue with roles or a latency limit, are tried in the same order by a
+    depth-first search for player counts that add up, pass ``GroupCheck`` and split
+    into whole teams (``split_parties``, or ``arrange``), the first such set winning.
+    The search visits at most ``MAX_FILL_STEPS`` partial sets, so an anchor that
+    cannot be served costs bounded time and waits for the next tick.
     """
     need = rules.match_size
     ordered = sorted(candidates, key=anchor_order)
-    if anchor.size == 1 and all(ticket.size == 1 for ticket in ordered):
+    if not rules.constrained and anchor.size == 1 and all(ticket.size == 1 for ticket in ordered):
         if len(ordered) < need - 1:
             return None
         return [anchor, *ordered[: need - 1]]
 
+    check = GroupCheck(rules, now, now - anchor.waiting_since) if rules.constrained else None
     steps = 0
 
-    def search(group: list[Ticket], total: int, start: int) -> list[Ticket] | None:
+    def complete(group: list[Ticket]) -> bool:
+        if check is None:
+            return split_parties(group, rules.team_count, rules.team_size, rules.max_premade_gap) is not None
+        # For solo tickets the checks are exact: a shared region is one choose_region
+        # accepts, and players who fill every role slot can be dealt one team per
+        # slot copy, so arrange succeeds. Parties must stay whole, which only arrange sees.
+        return all(ticket.size == 1 for ticket in group) or arrange(group, rules, now) is not None
+
+    def search(group: list[Ticket], total: int, start: int, partial: Partial | None) -> list[Ticket] | None:
         nonlocal steps
         steps += 1
         if total == need:
-            teams = split_parties(group, rules.team_count, rules.team_size, rules.max_premade_gap)
-            return group if teams is not None else None
+            return group if complete(group) else None
         for index in range(start, len(ordered)):
             if steps >= MAX_FILL_STEPS:
                 return None
             ticket = ordered[index]
-            if total + ticket.size <= need:
-                found = search([*group, ticket], total + ticket.size, index + 1)
-                if found is not None:
-                    return found
+            if total + ticket.size > need:
+                continue
+            grown = partial
+            if check is not None and partial is not None:
+                # A rejected ticket costs a matching, so it counts as a step.
+                grown = check.extend(partial, ticket)
+                if grown is None:
+                    steps += 1
+                    continue
+            found = search([*group, ticket], total + ticket.size, index + 1, grown)
+            if found is not None:
+                return found
         return None
 
-    return search([anchor], anchor.size, 0)
+    partial = None
+    if check is not None:
+        partial = check.extend(check.start(), anchor)
+        if partial is None:
+            return None
+    return search([anchor], anchor.size, 0, partial)
 
 
 def find_groups(tickets: Iterable[Ticket], rules: QueueRules, now: float) -> list[list[Ticket]]:

@@ -16,6 +16,7 @@ import msgspec
 from lobbyd.core.expansion import Expansion
 from lobbyd.core.penalties import Penalty, PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K, Skill, sigma_points, skill_from_rating
+from lobbyd.core.roles import RoleAssignment
 
 DEFAULT_RATING: Final = 1500
 
@@ -30,7 +31,10 @@ class QueueRules:
     whose rating is still a rough guess looks further; 0, the default here, turns it off.
     When ``rating_steps`` is set, it replaces the linear window: the window is the
     limit of the step the wait reached (``Expansion``), and a lifted limit is infinite.
-    ``region`` is where game servers for this queue's matches must be.
+    ``region`` is where game servers for this queue's matches must be, unless
+    ``latency_steps`` is set: then each match is hosted in the region its players'
+    latencies pick (``choose_region``), within the limit of the anchor's wait.
+    ``roles`` gives every team one player per role; see ``lobbyd.core.roles``.
     """
 
     name: str
@@ -46,6 +50,19 @@ class QueueRules:
     """Party sizes that may queue; a party is one ticket and never split across teams."""
     max_premade_gap: int | None = None
     """Cap on the difference between the largest party on any two teams; None: no cap."""
+    roles: tuple[str, ...] = ()
+    """The positions of a team, one player each; empty when the queue assigns no roles."""
+    autofill_after: float | None = None
+    """Seconds a player waits before they may get a role they did not list; None: never."""
+    latency_steps: Expansion | None = None
+    """Round-trip latency limit in milliseconds by the anchor's wait; None: the queue's region."""
+    regions: tuple[str, ...] = ()
+    """Regions a latency queue may host matches in; empty allows any region players report."""
+
+    @property
+    def constrained(self) -> bool:
+        """True when groups must also pass role or region checks, which cost matchmaking time."""
+        return bool(self.roles) or self.latency_steps is not None
 
     @property
     def match_size(self) -> int:
@@ -136,7 +153,8 @@ class PlayerRecord:
 
 
 # Player and Ticket are msgspec Structs with gc=False: they hold only strings,
-# numbers and enums, so they can never be part of a reference cycle, and leaving
+# numbers, enums and containers of those, so they can never be part of a reference
+# cycle, and leaving
 # them out of the garbage collector keeps a full collection with 100,000 waiting
 # players from pausing the event loop for tens of milliseconds.
 
@@ -215,6 +233,10 @@ class Ticket(msgspec.Struct, gc=False):
     A party ticket's ``rating`` and ``skill`` are the party's mean, which the pool indexes."""
     member_ratings: tuple[int, ...] = ()
     member_skills: tuple[Skill, ...] = ()
+    role_prefs: tuple[tuple[str, ...], ...] = ()
+    """Each player's preferred roles, most wanted first, in ``players`` order; empty: none listed."""
+    latency: dict[str, float] | None = None
+    """Round-trip milliseconds by region; a party ticket carries its leader's report."""
 
     @property
     def current_skill(self) -> Skill:
@@ -233,6 +255,10 @@ class Ticket(msgspec.Struct, gc=False):
     def skills(self) -> tuple[Skill, ...]:
         """Each player's skill, in ``players`` order."""
         return self.member_skills or (self.current_skill,)
+
+    def prefs_of(self, index: int) -> tuple[str, ...]:
+        """Return the preferred roles of the ticket's ``index``-th player."""
+        return self.role_prefs[index] if self.role_prefs else ()
 
     def rating_of(self, player: str) -> int:
         if not self.members:
@@ -278,7 +304,12 @@ class MatchRecord:
     """Display ratings after the result, parallel to ``teams``."""
     explanation: Mapping[str, object] | None = None
     """Why the matchmaker formed the match: ``expansion_step``, ``rating_spread``,
-    ``win_probability`` (two teams only), ``region`` and ``anchor_wait`` in seconds."""
+    ``win_probability`` (two teams only), ``region``, ``anchor_wait`` in seconds, and in a
+    role queue ``roles``: player id to {``role``, ``autofilled``}."""
+    region: str | None = None
+    """Region the match is hosted in: chosen by latency, or the queue's region."""
+    roles: Mapping[str, RoleAssignment] | None = None
+    """Each player's role in a role queue; None in a queue without roles."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lobbyd.core import effects as fx
 from lobbyd.core.model import Place, Player, QueueRules, Ticket
+from lobbyd.core.preferences import check_party_roles
 from lobbyd.core.ratings import Skill
 from lobbyd.core.ready_check import CheckEvent
 from lobbyd.errors import (
@@ -159,12 +161,27 @@ class Parties:
         effects.append(_event("party_promoted", party, target))
         return effects
 
-    def join_queue(self, leader: Player, rules: QueueRules, now: float, rid: int | None) -> list[fx.Effect]:
-        """Queue the whole party of ``leader`` as one ticket."""
+    def join_queue(
+        self,
+        leader: Player,
+        rules: QueueRules,
+        now: float,
+        rid: int | None,
+        roles: tuple[str, ...] = (),
+        latency: dict[str, float] | None = None,
+        party_roles: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[fx.Effect]:
+        """Queue the whole party of ``leader`` as one ticket.
+
+        ``roles`` are the leader's checked preferences and ``party_roles`` the other
+        members' by id; a member without an entry takes any role. ``latency`` is the
+        leader's checked report, which stands for every member.
+        """
         assert leader.party is not None
         party = self._led_by(leader, rid)
         members = [self.lobby.players[member] for member in party.members]
         self.lobby._check_party_size(rules, len(members), rid)
+        prefs = check_party_roles(rules, leader.id, party.members, roles, party_roles, rid)
         for member in members[1:]:
             _require_member_free(member, rid)
         locked = max(members, key=lambda member: member.locked_until)
@@ -172,6 +189,7 @@ class Parties:
             self._check_member_lockout(locked, now, rid)
 
         ticket = _party_ticket(members, rules.name, now, next(self.lobby._seq))
+        ticket.role_prefs, ticket.latency = prefs, latency
         self.lobby._add_ticket(leader, ticket)
         effects: list[fx.Effect] = []
         for member in members:

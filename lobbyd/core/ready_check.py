@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from lobbyd.core.model import Ticket
+from lobbyd.core.roles import RoleAssignment
 
 
 class CheckState(enum.Enum):
@@ -88,6 +89,10 @@ class ReadyCheck:
     state: CheckState = CheckState.PENDING
     explanation: dict[str, object] = field(default_factory=dict)
     """Why the match formed, stored with its record."""
+    region: str | None = None
+    """Region chosen for the match; None for a check restored without one, which uses the queue's."""
+    roles: dict[str, RoleAssignment] = field(default_factory=dict)
+    """Each player's role in a role queue."""
 
     @property
     def players(self) -> tuple[str, ...]:

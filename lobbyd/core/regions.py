@@ -6,20 +6,20 @@ latency limit, which widens with the anchor's wait in steps (``Expansion``). Amo
 regions that qualify, the one with the lowest worst-player latency wins, then the lowest
 total, then the name, so the choice is deterministic.
 
-NOTE: this module is not wired into the matchmaker or the protocol yet: no queue
-setting or ``join_queue`` field feeds it, and hosting still takes the queue's region.
+Players report their latencies in ``join_queue``; a queue with ``latency_steps`` uses
+this choice for every match, and game-server allocation looks in the chosen region.
+A party ticket carries its leader's report for every member.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from lobbyd.core.expansion import Expansion
 
 
-def choose_region(
-    latencies: Sequence[Mapping[str, float]], limit: Expansion, anchor_wait: float
-) -> str | None:
+def choose_region(latencies: Sequence[Mapping[str, float]], limit: Expansion, anchor_wait: float) -> str | None:
     """Return the best region for players with ``latencies``, or None when none qualifies."""
     if not latencies:
         return None
@@ -36,3 +36,12 @@ def choose_region(
         if best is None or key < best:
             best = key
     return None if best is None else best[2]
+
+
+def regions_within(latency: Mapping[str, float] | None, ceiling: float) -> frozenset[str]:
+    """Return the regions whose reported latency is at most ``ceiling`` milliseconds."""
+    if latency is None:
+        return frozenset()
+    if ceiling == math.inf:
+        return frozenset(latency)
+    return frozenset(region for region, ms in latency.items() if ms <= ceiling)

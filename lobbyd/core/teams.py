@@ -7,7 +7,7 @@ one half as possible; more teams are split greedily by rating.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from math import comb
 from typing import Final
 
@@ -116,11 +116,45 @@ def _premades_balanced(teams: Sequence[Sequence[Ticket]], max_premade_gap: int |
 def _best_two_team_party_split(
     tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
 ) -> list[list[Ticket]] | None:
-    # The first ticket stays in team 0, so each split is visited once.
+    best = min(two_team_splits(tickets, team_size, max_premade_gap), key=lambda split: split[0], default=None)
+    return None if best is None else [best[1], best[2]]
+
+
+def ranked_two_team_splits(
+    tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
+) -> Iterator[tuple[float, list[Ticket], list[Ticket]]]:
+    """Yield the splits of ``two_team_splits`` by ascending mu gap; equal gaps keep its order.
+
+    Solo tickets take the shortcut of ``_best_two_team_split``: the gaps of all splits
+    come from sums of mu alone, and teams are built only for the splits the caller takes.
+    """
+    if any(ticket.size > 1 for ticket in tickets):
+        yield from sorted(two_team_splits(tickets, team_size, max_premade_gap), key=lambda split: split[0])
+        return
+    mus = [ticket.current_skill.mu for ticket in tickets]
+    offset = sum(mus) - 2 * mus[0]
+    gaps = [abs(offset - 2 * teammates) for teammates in map(sum, itertools.combinations(mus[1:], team_size - 1))]
+    choices = list(itertools.combinations(range(1, len(tickets)), team_size - 1))
+    for index in sorted(range(len(gaps)), key=gaps.__getitem__):
+        taken = {0, *choices[index]}
+        first = [tickets[i] for i in sorted(taken)]
+        second = [ticket for i, ticket in enumerate(tickets) if i not in taken]
+        yield gaps[index], first, second
+
+
+def two_team_splits(
+    tickets: Sequence[Ticket], team_size: int, max_premade_gap: int | None
+) -> Iterator[tuple[float, list[Ticket], list[Ticket]]]:
+    """Yield every split of whole tickets into two teams of ``team_size`` as (mu gap, first, second).
+
+    The first ticket stays in team 0, so each split comes once. The order is fixed:
+    by how many other tickets join the first, then lexicographic, so the first of
+    equal gaps is the same on every run.
+    """
     total = _mu_sum(tickets)
-    best: tuple[float, list[Ticket], list[Ticket]] | None = None
     rest = range(1, len(tickets))
-    for count in range(len(tickets)):
+    # A team of team_size players holds at most team_size tickets.
+    for count in range(min(len(tickets), team_size)):
         for chosen in itertools.combinations(rest, count):
             first = [tickets[0], *(tickets[i] for i in chosen)]
             if sum(ticket.size for ticket in first) != team_size:
@@ -129,10 +163,7 @@ def _best_two_team_party_split(
             second = [ticket for i, ticket in enumerate(tickets) if i not in taken]
             if not _premades_balanced([first, second], max_premade_gap):
                 continue
-            gap = abs(total - 2 * _mu_sum(first))
-            if best is None or gap < best[0]:
-                best = (gap, first, second)
-    return None if best is None else [best[1], best[2]]
+            yield abs(total - 2 * _mu_sum(first)), first, second
 
 
 def _greedy_party_split(tickets: Sequence[Ticket], team_count: int, team_size: int) -> list[list[Ticket]] | None:

@@ -44,6 +44,16 @@ Reason = Annotated[str, msgspec.Meta(max_length=200)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 TeamIndex = Annotated[int, msgspec.Meta(ge=0, lt=MAX_TEAMS)]
 Rank = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
+# The core assigns a team's roles by trying every permutation, so a queue has at most
+# 7 roles (5,040 permutations); see lobbyd.core.roles.
+MAX_ROLES: Final = 7
+# A client reports its latency to at most this many regions; a round trip of more
+# than a minute is not a measurement a match could use.
+MAX_LATENCY_REGIONS: Final = 32
+MAX_LATENCY_MS: Final = 60_000.0
+RoleList = Annotated[list[Identifier], msgspec.Meta(max_length=MAX_ROLES)]
+LatencyMs = Annotated[float, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)]
 Score = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
 
 
@@ -67,6 +77,12 @@ class Ping(_Message, tag="ping", frozen=True):
 
 class JoinQueue(_Message, tag="join_queue", frozen=True):
     queue: Identifier
+    roles: RoleList | None = None
+    """Preferred roles in a role queue, most wanted first; empty or omitted: any role."""
+    party_roles: Annotated[dict[Identifier, RoleList], msgspec.Meta(max_length=64)] | None = None
+    """A party leader's list of each other member's preferred roles, by player id."""
+    latency: Annotated[dict[Identifier, LatencyMs], msgspec.Meta(max_length=MAX_LATENCY_REGIONS)] | None = None
+    """Round-trip time in milliseconds to each region the client measured."""
 
 
 class LeaveQueue(_Message, tag="leave_queue", frozen=True):
@@ -213,6 +229,11 @@ class MatchFound(_Message, tag="match_found", frozen=True):
     queue: str
     players: int
     accept_ms: int
+    region: str | None = None
+    role: str | None = None
+    """The receiver's role in a role queue; omitted in a queue without roles."""
+    autofilled: bool = False
+    """True when ``role`` is one the receiver did not list; omitted when False."""
 
 
 class Accepted(_Message, tag="accepted", frozen=True):
@@ -238,6 +259,12 @@ class MatchStart(_Message, tag="match_start", frozen=True):
     ratings: list[list[int]] | None = None
     ticket: str | None = None
     """The receiver's join ticket for the game server at ``server``."""
+    region: str | None = None
+    """Region the match is hosted in."""
+    role: str | None = None
+    """The receiver's role in a role queue; omitted in a queue without roles."""
+    autofilled: bool = False
+    """True when ``role`` is one the receiver did not list; omitted when False."""
 
 
 class Party(_Message, tag="party", frozen=True):
@@ -333,13 +360,15 @@ class Registered(_Message, tag="registered", frozen=True):
     allocate_ms: int
 
 
-class AllocatedPlayer(msgspec.Struct, frozen=True, kw_only=True):
+class AllocatedPlayer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One player of an ``allocate``, with the join ticket they will present."""
 
     player: str
     name: str
     team: int
     ticket: str
+    role: str | None = None
+    """The player's role in a role queue; omitted otherwise."""
 
 
 class Allocate(_Message, tag="allocate", frozen=True):
@@ -348,6 +377,8 @@ class Allocate(_Message, tag="allocate", frozen=True):
     teams: list[list[str]]
     players: list[AllocatedPlayer]
     allocate_ms: int
+    region: str | None = None
+    """Region the match was placed in, which is the server's own."""
 
 
 class Deallocate(_Message, tag="deallocate", frozen=True):

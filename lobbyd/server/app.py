@@ -147,6 +147,7 @@ class Server:
             self.persistence,
             tick_interval=config.tick_interval_ms / 1000,
             send_timeout=config.send_timeout_ms / 1000,
+            max_queued=config.max_queued_requests,
             metrics=self.metrics,
         )
         self.metrics.observe(self)
@@ -333,6 +334,7 @@ class Server:
         self.matchmaker.apply(self.lobby.replace_rules(config.queue_rules(), time.time()))
         self.matchmaker.tick_interval = config.tick_interval_ms / 1000
         self.matchmaker.send_timeout = config.send_timeout_ms / 1000
+        self.matchmaker.max_queued = config.max_queued_requests
         self.persistence.interval = config.flush_interval_ms / 1000
         logs.set_level(config.log_level)
         if verifier.dev_mode:

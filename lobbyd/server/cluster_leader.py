@@ -362,7 +362,7 @@ class LeaderTerm:
         if forward.sync:
             return self._sync(key, forward.believed_queue)
         if isinstance(request, m.JoinQueue):
-            return self.lobby.join_queue(key, request.queue, now, request.rid)
+            return self.lobby.join_queue_request(key, request, now)
         if isinstance(request, m.LeaveQueue):
             return self.lobby.leave_queue(key, request.queue, now, request.rid)
         if isinstance(request, m.Accept):

@@ -125,6 +125,8 @@ class ClusterNode:
         self._unhealthy_since: float | None = None
         self._sessions: dict[str, _SessionState] = {}
         self._by_player: dict[str, str] = {}
+        # TODO: bound this queue as MatchmakerLoop bounds its own (max_queued_requests);
+        # only the per-session rate limit holds it back on a cluster node.
         self._outbox: asyncio.Queue[Request | c.Forward | None] = asyncio.Queue()
         self._held: list[c.Forward] = []
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, TypeGuard
 
 from lobbyd.core import effects as fx
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import MatchRecord, PlayerRecord
-from lobbyd.errors import RemoteError, ShuttingDown, StoreError
+from lobbyd.errors import RemoteError, ServerBusy, ShuttingDown, StoreError
 from lobbyd.protocol import messages as m
 from lobbyd.server import game_server_session, logs
 from lobbyd.server.fanout import fan_out
@@ -30,6 +30,15 @@ from lobbyd.server.session import Session
 # Requests applied per turn of the loop before sessions get to read and write again:
 # a burst of 10,000 joins or accepts is cut into slices of a few milliseconds each.
 REQUEST_BATCH: Final = 256
+
+# Default bound of the request queue: 5 requests per connection at the default
+# max_connections. At an estimated 10 to 30 microseconds per request, a full queue is
+# under 2 seconds of work.
+MAX_QUEUED_REQUESTS: Final = 50_000
+
+# retry_after_ms sent with server_busy, in milliseconds: long enough for the
+# loop to work through a full queue, per the estimate above.
+BUSY_RETRY_MS: Final = 2_000
 
 # A started match is committed before anyone hears of it. These are the waits, in
 # seconds, between attempts when the store fails; after the last, the match is
@@ -48,6 +57,7 @@ class MatchmakerLoop:
         *,
         tick_interval: float,
         send_timeout: float,
+        max_queued: int = MAX_QUEUED_REQUESTS,
         metrics: Metrics | None = None,
     ) -> None:
         self.lobby = lobby
@@ -56,16 +66,42 @@ class MatchmakerLoop:
         self.tick_interval = tick_interval
         self.send_timeout = send_timeout
         self.metrics = metrics or Metrics()
-        # TODO: bound this queue. Only the per-session rate limit holds it back, so many
-        # sessions sending at once can grow it faster than the loop drains it.
+        # Bounded by ``max_queued`` player requests, checked in ``submit``. The
+        # asyncio.Queue itself is unbounded because logins, disconnects, game-server
+        # requests and relayed replies must always enter: each session has one login and
+        # one disconnect, and its rate limit caps the rest.
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
+        self.max_queued = max_queued
+        # Requests rejected since the queue last filled up; None while it is not full.
+        self._busy_rejected: int | None = None
         self.draining = False
         # False once a graceful stop begins: ready checks still run, no new ones form.
         self.forming = True
         self.starts: set[asyncio.Task[None]] = set()
 
     def submit(self, request: Request) -> None:
+        """Queue ``request``, or reject a player request with ``server_busy`` when the queue is full."""
+        if self.requests.qsize() >= self.max_queued and _bounded(request):
+            self._reject_busy(request)
+            return
         self.requests.put_nowait(request)
+
+    def _reject_busy(self, request: Incoming) -> None:
+        session = request.session
+        session.inflight -= 1
+        if self._busy_rejected is None:
+            log.warning("request_queue_full", queued=self.requests.qsize(), max_queued=self.max_queued)
+            self._busy_rejected = 0
+        self._busy_rejected += 1
+
+        msg = f"the server has {self.max_queued} requests waiting; this request was dropped, retry after retry_after_ms"
+        error = m.Error(code=ServerBusy.code, message=msg, rid=request.message.rid, retry_after_ms=BUSY_RETRY_MS)
+        if session.inflight:
+            # Behind the replies to the session's queued requests, which keeps replies in order.
+            session.inflight += 1
+            self.requests.put_nowait(Relay(session, error))
+        else:
+            session.send(error)
 
     async def run(self) -> None:
         """Apply requests as they arrive and tick on schedule, until cancelled."""
@@ -101,6 +137,9 @@ class MatchmakerLoop:
         while not self.requests.empty() and (limit is None or count < limit):
             self.handle(self.requests.get_nowait())
             count += 1
+        if self._busy_rejected is not None and self.requests.empty():
+            log.info("request_queue_drained", rejected=self._busy_rejected)
+            self._busy_rejected = None
 
     def tick(self) -> None:
         started = time.perf_counter()
@@ -162,7 +201,7 @@ class MatchmakerLoop:
         if isinstance(message, m.JoinQueue):
             if self.draining:
                 raise ShuttingDown(self._draining_message(), rid=message.rid)
-            return self.lobby.join_queue(session.id, message.queue, now, message.rid)
+            return self.lobby.join_queue_request(session.id, message, now)
         if isinstance(message, m.LeaveQueue):
             return self.lobby.leave_queue(session.id, message.queue, now, message.rid)
         if isinstance(message, m.Accept):
@@ -284,6 +323,8 @@ class MatchmakerLoop:
         for player in players:
             self.persistence.mark_player(player)
         committed = await self._commit(record)
+        if not committed:
+            self.persistence.mark_match(record)
         log.info("match_finished_stored" if committed else "match_finished_unstored", match=record.id)
         self.apply(sends)
 
@@ -299,3 +340,8 @@ class MatchmakerLoop:
                     return False
                 await asyncio.sleep(delay)
         return False
+
+
+def _bounded(request: Request) -> TypeGuard[Incoming]:
+    """Return whether ``request`` counts against the queue bound: a request of a player session."""
+    return type(request) is Incoming and request.session.role is not SessionRole.GAME_SERVER

@@ -1,19 +1,26 @@
-"""Write dirty records to the store in batches, and commit started matches at once.
+"""Write dirty records to the store in batches, and commit started and finished matches at once.
 
 Memory is authoritative. Changed players and cancelled matches are marked dirty and
 written by the flusher every ``interval`` seconds. A started match is committed
-before any player hears of it, in one transaction with its players' unwritten
-records. The one ``asyncio.Lock`` of the daemon guards the write: a batch is taken out of the
-dirty maps and written while holding it, so two writes never interleave and a
-record marked dirty during a write goes into the next batch.
+before any player hears of it, and a finished one before its result is acknowledged,
+in one transaction with its players' unwritten records. The one ``asyncio.Lock`` of
+the daemon guards the write: a batch is taken out of the dirty maps and written while
+holding it, so two writes never interleave and a record marked dirty during a write
+goes into the next batch.
+
+The players of a match waiting for its commit are pinned: the flusher leaves their
+dirty records to that commit. Otherwise the flusher could write a player's new rating
+in one transaction and a kill could stop the match's own transaction, leaving a
+rating change without its result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Final, TypeVar
 
 from lobbyd.core.model import MatchRecord, PlayerRecord
@@ -35,15 +42,15 @@ BATCH_RECORDS: Final = 256
 log = logs.get(__name__)
 
 
-def _take(records: dict[str, _R], count: int) -> dict[str, _R]:
-    """Remove and return up to ``count`` of the oldest entries of ``records``."""
+def _take(records: dict[str, _R], count: int, pinned: Container[str] = ()) -> dict[str, _R]:
+    """Remove and return up to ``count`` of the oldest entries of ``records`` whose key is not ``pinned``."""
     if count <= 0:
         return {}
-    if len(records) <= count:
+    if not pinned and len(records) <= count:
         taken = dict(records)
         records.clear()
         return taken
-    keys = list(itertools.islice(records, count))
+    keys = list(itertools.islice((key for key in records if key not in pinned), count))
     return {key: records.pop(key) for key in keys}
 
 
@@ -62,6 +69,8 @@ class Persistence:
         self._commits: list[tuple[MatchRecord, tuple[str, ...]]] = []
         self._group: asyncio.Future[None] | None = None
         self._group_tasks: set[asyncio.Task[None]] = set()
+        # Players of the queued commits, by how many commits name them.
+        self._pinned: collections.Counter[str] = collections.Counter()
 
     @property
     def dirty(self) -> int:
@@ -85,7 +94,9 @@ class Persistence:
         instant cost one write, not twenty in a row. Raises ``StoreError`` when the
         group's write fails; its player records stay dirty then.
         """
-        self._commits.append((record, tuple(players)))
+        players = tuple(players)
+        self._commits.append((record, players))
+        self._pinned.update(players)
         if self._group is None:
             self._group = asyncio.get_running_loop().create_future()
             task = asyncio.get_running_loop().create_task(self._commit_group(self._group))
@@ -102,6 +113,9 @@ class Persistence:
             matches = {record.id: record for record, _ in commits}
             involved = {player for _, players in commits for player in players}
             batch = {pid: self._players.pop(pid) for pid in involved if pid in self._players}
+            # Taken under the lock, so the flusher can no longer write these records first.
+            for _, players in commits:
+                self._unpin(players)
             for match in matches:
                 self._matches.pop(match, None)
             try:
@@ -111,23 +125,37 @@ class Persistence:
                 return
             group.set_result(None)
 
+    def _unpin(self, players: tuple[str, ...]) -> None:
+        for player in players:
+            self._pinned[player] -= 1
+            if self._pinned[player] <= 0:
+                del self._pinned[player]
+
     async def flush(self) -> int:
         """Write every dirty record, in transactions of at most ``BATCH_RECORDS``.
 
         Returns how many were written. The lock is taken per transaction, so a match
-        commit waits for one batch at most, never for a whole backlog. On failure the
-        failed batch is put back, unless a newer version of a record was marked
-        meanwhile, and ``StoreError`` is raised.
+        commit waits for one batch at most, never for a whole backlog. Records of
+        pinned players are left to the commit that pinned them, which this call waits
+        for when nothing else is left. On failure the failed batch is put back, unless
+        a newer version of a record was marked meanwhile, and ``StoreError`` is raised.
         """
         written = 0
         while self._players or self._matches:
-            written += await self._flush_batch()
+            batch = await self._flush_batch()
+            if batch:
+                written += batch
+            elif self._group_tasks:
+                # Only pinned records are left, so wait for the commits that write them.
+                await asyncio.wait(set(self._group_tasks))
+            else:
+                break
         return written
 
     async def _flush_batch(self) -> int:
         async with self._lock:
             matches = _take(self._matches, BATCH_RECORDS)
-            players = _take(self._players, BATCH_RECORDS - len(matches))
+            players = _take(self._players, BATCH_RECORDS - len(matches), self._pinned)
             if not players and not matches:
                 return 0
             await self._save(players, matches, requeue_matches=True)

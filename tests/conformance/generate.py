@@ -63,6 +63,9 @@ CLIENT_EXAMPLES: Final[dict[str, m.ClientMessage]] = {
     "ping_rid": m.Ping(rid=2),
     "ping_max_rid": m.Ping(rid=m.MAX_RID),
     "join_queue": m.JoinQueue(queue="1v1", rid=3),
+    "join_queue_roles": m.JoinQueue(
+        queue="ranked", roles=["mid", "top"], latency={"eu-west": 35.0, "us-east": 110.0}, rid=8
+    ),
     "leave_queue": m.LeaveQueue(rid=4),
     "leave_queue_named": m.LeaveQueue(queue="1v1", rid=4),
     "accept": m.Accept(match=MATCH, rid=5),
@@ -105,6 +108,9 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     "left_queue": m.LeftQueue(queue="1v1", rid=4),
     "left_queue_removed": m.LeftQueue(queue="2v2", reason="queue_removed"),
     "match_found": m.MatchFound(match=MATCH, queue="1v1", players=2, accept_ms=10_000),
+    "match_found_role": m.MatchFound(
+        match=MATCH, queue="ranked", players=10, accept_ms=10_000, region="eu-west", role="top", autofilled=True
+    ),
     "accepted": m.Accepted(match=MATCH, rid=5),
     "match_cancelled_requeued": m.MatchCancelled(match=MATCH, reason="declined", requeued=True),
     "match_cancelled_decliner": m.MatchCancelled(
@@ -119,6 +125,15 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     ),
     "match_start": m.MatchStart(
         match=MATCH, queue="1v1", team=0, teams=[["alice"], ["bob"]], ratings=[[1500], [1510]]
+    ),
+    "match_start_role": m.MatchStart(
+        match=MATCH,
+        queue="duo",
+        team=0,
+        teams=[["alice", "carol"], ["bob", "dave"]],
+        ratings=[[1500, 1480], [1510, 1470]],
+        region="eu-west",
+        role="mid",
     ),
     "match_start_5v5": m.MatchStart(
         match=MATCH_5V5,
@@ -217,6 +232,12 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         rid=3,
         retry_after_ms=299_500,
     ),
+    "error_server_busy": m.Error(
+        code="server_busy",
+        message="the server has 50000 requests waiting; this request was dropped, retry after retry_after_ms",
+        rid=4,
+        retry_after_ms=2_000,
+    ),
 }
 
 
@@ -253,6 +274,13 @@ INVALID_MESSAGES: Final[list[tuple[str, dict[str, Any], str, int | None]]] = [
     ("missing_field", {"type": "join_queue", "rid": 8}, "invalid_field", 8),
     ("mistyped_field", {"type": "join_queue", "queue": 5}, "invalid_field", None),
     ("bad_identifier", {"type": "join_queue", "queue": "1 v 1", "rid": 10}, "invalid_field", 10),
+    (
+        "negative_latency",
+        {"type": "join_queue", "queue": "ranked", "latency": {"eu": -1}, "rid": 11},
+        "invalid_field",
+        11,
+    ),
+    ("roles_not_a_list", {"type": "join_queue", "queue": "ranked", "roles": "mid", "rid": 12}, "invalid_field", 12),
     ("identifier_too_long", {"type": "accept", "match": "m" * 65, "rid": 10}, "invalid_field", 10),
     (
         "version_out_of_range",
