@@ -144,7 +144,8 @@ class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
     ``sessions`` holds the session key of each player, in team order, or ``""`` for
     a player whose session closed during the ready check. A match placed on a game
     server has its ``server`` address and, parallel to ``sessions``, each player's
-    join ticket.
+    join ticket. ``record`` is the encoded ``MatchRecord`` with every detail (roles,
+    region, the matchmaker's explanation); it is empty in entries of older leaders.
     """
 
     match: str
@@ -157,6 +158,7 @@ class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
     sessions: list[str]
     server: str | None = None
     tickets: list[str] = msgspec.field(default_factory=list)
+    record: bytes = b""
 
 
 class ServerState(msgspec.Struct, frozen=True, array_like=True):

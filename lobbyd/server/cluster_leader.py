@@ -52,6 +52,7 @@ from lobbyd.core.hosting_snapshot import (
     track_hosting,
 )
 from lobbyd.core.lobby import Lobby
+from lobbyd.core.match_start import match_start
 from lobbyd.core.model import LobbySettings, MatchRecord, MatchState, Place, PlayerRecord, QueueRules
 from lobbyd.core.snapshot import check_snapshot, restore, ticket_state, track
 from lobbyd.errors import InvalidSecret, RemoteError, SharedStateError, StoreError
@@ -553,6 +554,7 @@ class LeaderTerm:
             sessions=sessions,
             server=record.server,
             tickets=tickets,
+            record=c.ENCODER.encode(record),
         )
 
     def _finishing(self, effect: fx.FinishMatch) -> c.FinishingMatch:
@@ -583,36 +585,17 @@ class LeaderTerm:
     async def _finish_start(self, starting: c.StartingMatch) -> None:
         """Store a started match, then announce it, or cancel it if it cannot be stored."""
         began = time.perf_counter()
-        record = MatchRecord(
-            id=starting.match,
-            queue=starting.queue,
-            teams=tuple(tuple(team) for team in starting.teams),
-            ratings=tuple(tuple(team) for team in starting.ratings),
-            state=MatchState.STARTED,
-            created_at=starting.created_at,
-            ended_at=starting.ended_at,
-            waits=tuple(starting.waits),
-            server=starting.server,
-        )
+        record = _started_record(starting)
         stored = await self._store(record)
         players = [player for team in starting.teams for player in team]
         commit = Commit(starting_deletes={starting.match})
-        team_of = {player: index for index, team in enumerate(starting.teams) for player in team}
         tickets = starting.tickets or [""] * len(players)
         for player_id, key, ticket in zip(players, starting.sessions, tickets, strict=True):
             if not key:
                 continue
             message: m.ServerMessage
             if stored:
-                message = m.MatchStart(
-                    match=starting.match,
-                    queue=starting.queue,
-                    team=team_of[player_id],
-                    teams=starting.teams,
-                    ratings=starting.ratings,
-                    server=starting.server,
-                    ticket=ticket or None,
-                )
+                message = match_start(record, player_id, starting.server, ticket or None)
             else:
                 message = m.MatchCancelled(match=starting.match, reason="storage_failed", requeued=False)
             node, session = c.split_session_key(key)
@@ -713,6 +696,23 @@ class LeaderTerm:
                     return False
                 await asyncio.sleep(delay)
         return False
+
+
+def _started_record(starting: c.StartingMatch) -> MatchRecord:
+    """Return the record of a started match: the full one the leader encoded, else one rebuilt from its fields."""
+    if starting.record:
+        return RECORD_DECODER.decode(starting.record)
+    return MatchRecord(
+        id=starting.match,
+        queue=starting.queue,
+        teams=tuple(tuple(team) for team in starting.teams),
+        ratings=tuple(tuple(team) for team in starting.ratings),
+        state=MatchState.STARTED,
+        created_at=starting.created_at,
+        ended_at=starting.ended_at,
+        waits=tuple(starting.waits),
+        server=starting.server,
+    )
 
 
 def _stage(sets: dict[str, bytes], deletes: set[str], key: str, state: msgspec.Struct | None) -> None:
