@@ -153,7 +153,7 @@ def check_rated(records: dict[str, PlayerRecord], won: set[str]) -> None:
 
 
 def secret_in_redis(cluster: Cluster, secret: str) -> bool:
-    """Return whether any hash value or stream entry under the cluster's prefix holds ``secret``."""
+    """Return whether any value or stream entry under the cluster's prefix contains ``secret``."""
     client = redis.Redis.from_url(cluster.redis_url)
     try:
         for key in client.scan_iter(f"{cluster.prefix}:*"):
@@ -228,12 +228,14 @@ async def test_leader_killed_before_result(cluster: Cluster, opened: list[LobbyC
     on_dead = {PLAYERS[index] for index in range(0, 10, 3)}
 
     dead.process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
     new_leader, new_token = await cluster.wait_for_leader(not_node=old_leader, timeout=SLOW_S)
     assert new_token > old_token
 
     rid = await gs.request("match_result", match=match, winner=0)
     reply = await gs.recv_type("result_applied", "error", timeout=SLOW_S)
     assert reply == {"type": "result_applied", "match": match, "rid": rid}
+    print(f"result applied {(time.monotonic() - killed_at) * 1000:.0f} ms after the leader was killed")
     for player, client in clients.items():
         if player in on_dead:
             continue
@@ -251,7 +253,7 @@ async def test_leader_killed_before_result(cluster: Cluster, opened: list[LobbyC
     assert (error["type"], error["code"], error["rid"]) == ("error", "already_reported", rid)
     assert await stored_players(cluster) == records
 
-    # A player of the dead node logs in again elsewhere and sees the result.
+    # A player of the dead node logs in again elsewhere and gets the new rating.
     back = await login(survivors[1], "p0")
     opened.append(back)
     await back.request("get_profile")

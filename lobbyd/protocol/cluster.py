@@ -175,9 +175,9 @@ class ServerState(msgspec.Struct, frozen=True, array_like=True):
 class HostedState(msgspec.Struct, frozen=True, array_like=True):
     """A match that is being allocated or is running on a registered game server.
 
-    ``record`` is the encoded ``MatchRecord`` the match started with, ``tickets`` keep
-    each player's queue wait for a requeue, ``bound`` are the players the match still
-    holds, and ``players`` carries every player of the match, so that a new leader
+    ``record`` is the encoded ``MatchRecord`` the match started with. ``tickets`` keep
+    each player's queue wait for a requeue, and ``bound`` lists the players the match
+    still holds. ``players`` carries every player of the match, so that a new leader
     can rate a player who is offline.
     """
 
@@ -192,7 +192,7 @@ class HostedState(msgspec.Struct, frozen=True, array_like=True):
 
 
 class EndedState(msgspec.Struct, frozen=True, array_like=True):
-    """How a hosted match ended, so that a late or repeated request of its server gets a precise error."""
+    """The end of a hosted match, kept so that a late or repeated request of its server gets a precise error."""
 
     match: str
     phase: str
@@ -203,10 +203,10 @@ class EndedState(msgspec.Struct, frozen=True, array_like=True):
 class FinishingMatch(msgspec.Struct, frozen=True, array_like=True):
     """A result the leader applied in memory but may not have stored or announced yet.
 
-    ``record`` is the encoded finished ``MatchRecord`` and ``players`` the encoded
-    rated ``PlayerRecord`` of each player; ``deliveries`` maps node ids to the
-    encoded ``Delivery`` entries that announce the result, whose ids stay the same
-    whichever leader sends them.
+    ``record`` is the encoded finished ``MatchRecord``, and ``players`` the encoded
+    rated ``PlayerRecord`` of each player. ``deliveries`` maps node ids to the encoded
+    ``Delivery`` entries that announce the result. Their ids stay the same whichever
+    leader sends them.
     """
 
     match: str
