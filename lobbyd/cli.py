@@ -1,4 +1,4 @@
-"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token`` and ``sim``.
+"""Command line: ``lobbyd serve``, ``check-config``, ``admin``, ``client``, ``token``, ``sim`` and ``replay``.
 
 Operator mistakes end in one line on stderr and an exit code, never a traceback:
 2 for bad flags or configuration, 1 when the daemon cannot start (port taken,
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file")
     serve.add_argument("--listen", help="HOST:PORT to accept clients on (default 127.0.0.1:7847)")
     serve.add_argument("--data-dir", help="directory for the SQLite database (default ./var)")
+    serve.add_argument(
+        "--record-events", metavar="FILE", help="append queue events to FILE for lobbyd replay (default: off)"
+    )
 
     client = commands.add_parser("client", help="talk to a daemon interactively or from a script")
     client.add_argument("--connect", default="127.0.0.1:7847", help="HOST:PORT of the daemon")
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="file with the daemon's game_server_secret (default: $LOBBYD_GAME_SERVER_SECRET)",
     )
     sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+    from lobbyd.tuning import cli as tuning_cli
+
+    replay_help = "run recorded or synthetic queue events through the matchmaker offline and report match quality"
+    tuning_cli.add_arguments(commands.add_parser("replay", help=replay_help))
     return parser
 
 
@@ -111,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lobbyd.client_cli import run_cli as run_client
 
         return run_client(args)
+    if args.command == "replay":
+        from lobbyd.tuning.cli import run_cli as run_replay
+
+        return run_replay(args)
     from lobbyd.sim import run_cli as run_sim
 
     return run_sim(args)
@@ -149,6 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["listen"] = args.listen
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
+    if args.record_events is not None:
+        overrides["record_events_file"] = args.record_events
     try:
         config = config_module.load(args.config, overrides=overrides)
     except ConfigError as exc:

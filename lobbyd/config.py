@@ -228,6 +228,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 
     admin_socket: str = ""
     """Path of the admin Unix socket; empty means admin.sock in data_dir."""
+
+    record_events_file: str = ""
+    """JSON-lines file the queue events are appended to, for lobbyd replay; empty turns recording off."""
     # Several nodes serving one player base: PostgreSQL as the store (store =
     # "postgres") and Redis for shared state (cluster = "redis"). See docs/deployment.md.
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/lobbyd"

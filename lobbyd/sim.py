@@ -286,6 +286,10 @@ def _game_server_secret(args: argparse.Namespace) -> tuple[str | None, str | Non
     return secret, None
 
 
+# TODO: take a population model (lobbyd.tuning.population) for arrivals, parties and
+# answer rates, and print the per-band report of lobbyd.tuning.report. Bot skills
+# cannot reach a live daemon's ratings without rated rounds, so only --game-servers
+# runs could band by skill; offline, "lobbyd replay --population" does all of it.
 class SimAborted(Exception):
     """The simulation could not start, for example because the daemon is unreachable."""
 

@@ -23,7 +23,7 @@ from lobbyd.core import effects as fx
 from lobbyd.core.arrangement import Arrangement, arrange
 from lobbyd.core.hosting import Hosting, HostingSettings
 from lobbyd.core.match_start import match_start
-from lobbyd.core.matchmaker import take_groups
+from lobbyd.core.matchmaker import GroupPolicy, take_groups
 from lobbyd.core.model import (
     DEFAULT_RATING,
     LobbySettings,
@@ -348,8 +348,11 @@ class Lobby:
 
     # Time.
 
-    def tick(self, now: float, *, form_matches: bool = True) -> list[fx.Effect]:
-        """Expire overdue ready checks, then form new matches in every queue unless ``form_matches`` is false."""
+    def tick(self, now: float, *, form_matches: bool = True, policy: GroupPolicy = take_groups) -> list[fx.Effect]:
+        """Expire overdue ready checks, then form new matches in every queue unless ``form_matches`` is false.
+
+        ``policy`` picks the groups; the daemon always uses ``take_groups``.
+        """
         effects: list[fx.Effect] = self.hosting.tick(now) if self.hosting is not None else []
         for check in [c for c in self.checks.values() if c.deadline <= now]:
             effects.extend(self._cancel(check, CheckEvent.EXPIRE, None, now))
@@ -362,7 +365,7 @@ class Lobby:
             limit = budget
             if pending is not None:
                 limit = min(limit, self._hosting_room(rules, pending[name], effects))
-            for group in take_groups(self.queues[name], rules, now, limit):
+            for group in policy(self.queues[name], rules, now, limit):
                 effects.extend(self._propose(rules, group, now))
                 budget -= 1
         self.more_to_match = budget <= 0

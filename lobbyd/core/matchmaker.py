@@ -17,8 +17,8 @@ without them take none of these steps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Final, TypeAlias
 
 from lobbyd.core.arrangement import GroupCheck, Partial, arrange
 from lobbyd.core.model import QueueRules, Ticket
@@ -40,6 +40,11 @@ MAX_FILL_STEPS: Final = 256
 # NOTE: party tickets make a tick dearer. In one ad hoc run (a 100,000-ticket 5v5 pool,
 # 30% of tickets parties of 2 or 3), 50 matches took about 13 to 18 ms here against
 # about 3 ms with solo tickets only; no benchmark in the repository tracks it yet.
+
+
+GroupPolicy: TypeAlias = Callable[[TicketPool, QueueRules, float, int], list[list[Ticket]]]
+"""Forms matches in one queue: ``(pool, rules, now, limit)`` to the groups it removed
+from the pool. ``take_groups`` is lobbyd's policy; the tuning engine compares others."""
 
 
 def anchor_order(ticket: Ticket) -> tuple[bool, float, int]:

@@ -43,6 +43,7 @@ from lobbyd.server.metrics_http import start_metrics_server
 from lobbyd.server.notify import Notifier, keep_alive
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
+from lobbyd.server.recording import EventRecorder
 from lobbyd.server.refusal import refuse_connection
 from lobbyd.server.registry import Registry
 from lobbyd.server.reload import ConfigSource, Reloader
@@ -150,6 +151,13 @@ class Server:
             max_queued=config.max_queued_requests,
             metrics=self.metrics,
         )
+        self.recorder: EventRecorder | None = None
+        if config.record_events_file:
+            tick_interval = config.tick_interval_ms / 1000
+            self.recorder = EventRecorder(
+                Path(config.record_events_file), config.flush_interval_ms / 1000, tick_interval
+            )
+            self.matchmaker.recorder = self.recorder
         self.metrics.observe(self)
         self.reloader = Reloader(self, source or ConfigSource())
         self.notifier = notifier or Notifier()
@@ -359,6 +367,8 @@ class Server:
                 group.create_task(self.fds.watch()),
             ]
             tasks.append(group.create_task(self.reloader.run()))
+            if self.recorder is not None:
+                tasks.append(group.create_task(self.recorder.run()))
             if self.notifier.enabled:
                 tasks.append(group.create_task(keep_alive(self.notifier, self.watchdog_s, self.status_line)))
             await self._stop.wait()
@@ -368,6 +378,8 @@ class Server:
             for task in tasks:
                 task.cancel()
         await self._final_flush()
+        if self.recorder is not None:
+            await self.recorder.close()
         await self.store.close()
         self._close_operations()
         if self.cluster is not None:

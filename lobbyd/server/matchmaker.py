@@ -23,6 +23,7 @@ from lobbyd.server.fanout import fan_out
 from lobbyd.server.game_server_session import SessionRole
 from lobbyd.server.metrics import Metrics
 from lobbyd.server.persistence import Persistence
+from lobbyd.server.recording import EventRecorder
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session import Session
@@ -78,6 +79,8 @@ class MatchmakerLoop:
         # False once a graceful stop begins: ready checks still run, no new ones form.
         self.forming = True
         self.starts: set[asyncio.Task[None]] = set()
+        # Set by the server when record_events_file is configured.
+        self.recorder: EventRecorder | None = None
 
     def submit(self, request: Request) -> None:
         """Queue ``request``, or reject a player request with ``server_busy`` when the queue is full."""
@@ -255,6 +258,8 @@ class MatchmakerLoop:
             elif isinstance(effect, fx.Event):
                 log.info(effect.name, **effect.fields)
                 self.metrics.record_event(effect.name, dict(effect.fields))
+                if self.recorder is not None:
+                    self.recorder.observe(effect, self.lobby, time.time())
 
     def _send(self, effect: fx.Send) -> None:
         session = self.registry.get(effect.session)

@@ -40,6 +40,7 @@ RESTART_SETTINGS: Final = (
     "log_format",
     "metrics_listen",
     "admin_socket",
+    "record_events_file",
 )
 
 log = logs.get(__name__)
