@@ -100,6 +100,11 @@ class Cluster:
         values = self._redis.hgetall(f"{self.prefix}:checks")
         return {key.decode(): c.CHECK_DECODER.decode(value) for key, value in values.items()}
 
+    def redis_hash(self, name: str) -> dict[str, bytes]:
+        """Return the raw fields of the cluster's hash ``name``, such as ``servers`` or ``hosted``."""
+        values = self._redis.hgetall(f"{self.prefix}:{name}")
+        return {key.decode(): value for key, value in values.items()}
+
     def presence(self) -> dict[str, c.Presence]:
         values = self._redis.hgetall(f"{self.prefix}:presence")
         return {key.decode(): c.PRESENCE_DECODER.decode(value) for key, value in values.items()}

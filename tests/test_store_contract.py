@@ -592,6 +592,48 @@ async def test_postgres_result_applied_once(postgres_service: Service, pg_store:
         await other.close()
 
 
+async def test_postgres_match_result_applied_once(postgres_service: Service, pg_store: PostgresStore) -> None:
+    await pg_store.save([ALICE, BOB], [STARTED])
+    finished = dataclasses.replace(
+        STARTED,
+        state=MatchState.FINISHED,
+        ranks=(0, 1),
+        ratings_after=((1512, 1490), (1488, 1777)),
+        ended_at=1_700_000_500.0,
+    )
+    alice = dataclasses.replace(ALICE, rating=1512, mu=26.0, sigma=8.0, games=1, wins=1)
+    bob = dataclasses.replace(BOB, rating=1488, mu=24.0, sigma=8.0, games=1)
+    # Two more stores stand for two more leaders storing the same result at once.
+    others = [PostgresStore(postgres_service.url, schema=pg_store.schema) for _ in range(2)]
+    for other in others:
+        await other.open()
+
+    nodes = [pg_store, *others] * 3
+    applied = await asyncio.gather(*(node.apply_match_result(finished, [alice, bob]) for node in nodes))
+
+    assert applied.count(True) == 1
+    assert await pg_store.load_player(ALICE.id) == alice
+    assert await pg_store.load_player(BOB.id) == bob
+    assert await pg_store.load_match(STARTED.id) == finished
+    (entry,) = await pg_store.load_history(ALICE.id, 5)
+    assert (entry.rank, entry.rating_after) == (0, 1512)
+    other_outcome = dataclasses.replace(finished, ranks=(1, 0))
+    assert await pg_store.apply_match_result(other_outcome, [ALICE, BOB]) is False
+    assert await pg_store.load_player(ALICE.id) == alice
+    for other in others:
+        await other.close()
+
+
+async def test_postgres_stale_player_keeps_rating(pg_store: PostgresStore) -> None:
+    rated = dataclasses.replace(ALICE, rating=1512, mu=26.0, sigma=8.0, games=1, wins=1)
+    await pg_store.save([rated], [])
+
+    # A node that missed the result writes its older record of the player.
+    await pg_store.save([dataclasses.replace(ALICE, last_seen=ALICE.last_seen + 60)], [])
+
+    assert await pg_store.load_player(ALICE.id) == rated
+
+
 async def test_postgres_active_penalties(pg_store: PostgresStore) -> None:
     expired = PenaltyRecord(ALICE.id, "left_ready_check", created_at=100.0, until=200.0)
     active = PenaltyRecord(ALICE.id, "left_ready_check", created_at=150.0, until=400.0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import Place, Player, Ticket
 from lobbyd.core.pool import TicketPool
+from lobbyd.core.ratings import Skill
 from lobbyd.core.ready_check import ReadyCheck
 from lobbyd.protocol.cluster import CheckSnapshot, PlayerInfo, Presence, TicketState, session_key
 
@@ -82,7 +83,11 @@ def track(lobby: Lobby) -> Changes:
 
 
 def player_info(player: Player) -> PlayerInfo:
-    return PlayerInfo(player.id, player.name, player.rating, player.first_seen, player.last_seen)
+    mu = player.skill.mu if player.skill is not None else None
+    sigma = player.skill.sigma if player.skill is not None else None
+    return PlayerInfo(
+        player.id, player.name, player.rating, player.first_seen, player.last_seen, mu, sigma, player.games, player.wins
+    )
 
 
 def ticket_state(lobby: Lobby, player_id: str) -> TicketState | None:
@@ -91,7 +96,7 @@ def ticket_state(lobby: Lobby, player_id: str) -> TicketState | None:
     if player is None or player.place is not Place.QUEUED or player.queue is None or player.session is None:
         return None
     ticket = lobby.queues[player.queue][player_id]
-    return _ticket_state(player, ticket, player.session)
+    return stored_ticket(player, ticket, player.session)
 
 
 def check_snapshot(lobby: Lobby, match: str) -> CheckSnapshot | None:
@@ -99,10 +104,7 @@ def check_snapshot(lobby: Lobby, match: str) -> CheckSnapshot | None:
     check = lobby.checks.get(match)
     if check is None:
         return None
-    tickets = []
-    for player_id, ticket in check.tickets.items():
-        player = lobby.players[player_id]
-        tickets.append(_ticket_state(player, ticket, player.session or ""))
+    tickets = stored_tickets(lobby, check.tickets)
     return CheckSnapshot(
         match=check.match,
         queue=check.queue,
@@ -114,7 +116,16 @@ def check_snapshot(lobby: Lobby, match: str) -> CheckSnapshot | None:
     )
 
 
-def _ticket_state(player: Player, ticket: Ticket, session: str) -> TicketState:
+def stored_tickets(lobby: Lobby, tickets: Mapping[str, Ticket]) -> list[TicketState]:
+    """Return the stored form of the tickets a ready check or hosted match holds, by player."""
+    stored = []
+    for player_id, ticket in tickets.items():
+        player = lobby.players[player_id]
+        stored.append(stored_ticket(player, ticket, player.session or ""))
+    return stored
+
+
+def stored_ticket(player: Player, ticket: Ticket, session: str) -> TicketState:
     return TicketState(
         player=player_info(player),
         session=session,
@@ -155,7 +166,7 @@ def restore(
     restored = Restored()
     seqs = [0]
     for player_id, where in presence.items():
-        player = _new_player(where.player)
+        player = new_player(where.player)
         player.session = session_key(where.node, where.session)
         lobby.players[player_id] = player
         lobby.sessions[player.session] = player_id
@@ -171,7 +182,7 @@ def restore(
             accepted=set(snapshot.accepted),
         )
         for state in snapshot.tickets:
-            check.tickets[state.player.id] = _ticket(state)
+            check.tickets[state.player.id] = restored_ticket(state)
             seqs.append(state.seq)
             player = _bind(lobby, state, restored)
             player.place, player.queue, player.match = Place.READY_CHECK, None, snapshot.match
@@ -188,7 +199,7 @@ def restore(
             restored.stale_tickets.append(state.player.id)
             continue
         seqs.append(state.seq)
-        lobby.queues[state.queue].add(_ticket(state))
+        lobby.queues[state.queue].add(restored_ticket(state))
         holder.place, holder.queue = Place.QUEUED, state.queue
     lobby._seq = itertools.count(max(seqs) + 1)
     return restored
@@ -197,7 +208,7 @@ def restore(
 def _bind(lobby: Lobby, state: TicketState, restored: Restored) -> Player:
     """Return the lobby's player of ``state``, bound to the session recorded with it."""
     found = lobby.players.get(state.player.id)
-    player = found if found is not None else _new_player(state.player)
+    player = found if found is not None else new_player(state.player)
     lobby.players[player.id] = player
     if player.session != state.session:
         # The check's session is gone: bind it back so that disconnecting it cancels
@@ -211,9 +222,15 @@ def _bind(lobby: Lobby, state: TicketState, restored: Restored) -> Player:
     return player
 
 
-def _new_player(info: PlayerInfo) -> Player:
-    return Player(info.id, info.name, info.rating, info.first_seen, info.last_seen)
+def new_player(info: PlayerInfo) -> Player:
+    """Return an offline, idle player with the record ``info`` carries."""
+    player = Player(info.id, info.name, info.rating, info.first_seen, info.last_seen, games=info.games, wins=info.wins)
+    if info.mu is not None and info.sigma is not None:
+        player.skill = Skill(info.mu, info.sigma)
+    return player
 
 
-def _ticket(state: TicketState) -> Ticket:
-    return Ticket(state.player.id, state.queue, state.player.rating, state.waiting_since, state.seq, state.priority)
+def restored_ticket(state: TicketState) -> Ticket:
+    info = state.player
+    skill = Skill(info.mu, info.sigma) if info.mu is not None and info.sigma is not None else None
+    return Ticket(info.id, state.queue, info.rating, state.waiting_since, state.seq, state.priority, skill)

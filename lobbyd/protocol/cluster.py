@@ -4,7 +4,8 @@ Nodes never talk to each other directly. A node forwards its sessions' lobby
 requests to the leader as ``Forward`` entries of one stream; the leader sends what
 each session must receive as ``Delivery`` entries of that session's node's stream;
 and the leader keeps its matchmaking state in Redis as ``TicketState``,
-``CheckSnapshot`` and ``StartingMatch`` records, which a new leader rebuilds its
+``CheckSnapshot``, ``StartingMatch``, ``ServerState``, ``HostedState``,
+``EndedState`` and ``FinishingMatch`` records, which a new leader rebuilds its
 memory from. ``Presence`` says which node and session a player is connected on.
 
 Session keys name a session across the cluster: ``NODE/SESSION``. Node ids follow
@@ -17,9 +18,30 @@ from typing import Final
 
 import msgspec
 
-from lobbyd.protocol.messages import Accept, Decline, JoinQueue, LeaveQueue, ServerMessage
+from lobbyd.protocol.messages import (
+    Accept,
+    Allocated,
+    AllocationRefused,
+    Decline,
+    GetProfile,
+    JoinQueue,
+    LeaveQueue,
+    MatchResult,
+    Register,
+    ReleasePlayer,
+    ServerMessage,
+)
 
-LobbyRequest = JoinQueue | LeaveQueue | Accept | Decline
+# Requests a node forwards to the leader. ``Register`` arrives with its secret
+# blanked, because the node checked it and Redis is no place for secrets.
+LobbyRequest = (
+    JoinQueue | LeaveQueue | Accept | Decline | GetProfile | Register | Allocated | AllocationRefused | MatchResult
+    | ReleasePlayer
+)
+FORWARDED_TYPES: Final = (
+    JoinQueue, LeaveQueue, Accept, Decline, GetProfile, Register, Allocated, AllocationRefused, MatchResult,
+    ReleasePlayer,
+)
 
 
 def session_key(node: str, session: str) -> str:
@@ -32,13 +54,20 @@ def split_session_key(key: str) -> tuple[str, str]:
 
 
 class PlayerInfo(msgspec.Struct, frozen=True, array_like=True):
-    """A player's stored record, carried so the leader needs no database read."""
+    """A player's stored record, carried so the leader needs no database read.
+
+    ``mu`` and ``sigma`` are None before the first rated match, as in ``PlayerRecord``.
+    """
 
     id: str
     name: str
     rating: int
     first_seen: float
     last_seen: float
+    mu: float | None = None
+    sigma: float | None = None
+    games: int = 0
+    wins: int = 0
 
 
 class Presence(msgspec.Struct, frozen=True):
@@ -57,14 +86,14 @@ class Forward(msgspec.Struct, frozen=True, array_like=True):
     delivery that answers it lists it in ``done``. ``request`` is ``None`` for the
     two requests sessions do not send themselves: ``gone`` (the connection closed)
     and ``sync`` (after an outage, tell the player whether they are still queued
-    in ``believed_queue``).
+    in ``believed_queue``). ``player`` is ``None`` for a game server's session.
     """
 
     node: str
     session: str
     seq: int
     since: float
-    player: PlayerInfo
+    player: PlayerInfo | None
     request: LobbyRequest | None = None
     gone: bool = False
     sync: bool = False
@@ -113,7 +142,10 @@ class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
     """A match every player accepted, committed in Redis but maybe not yet stored or announced.
 
     ``sessions`` holds the session key of each player, in team order, or ``""`` for
-    a player whose session closed during the ready check.
+    a player whose session closed during the ready check. A match placed on a game
+    server has its ``server`` address and, parallel to ``sessions``, each player's
+    join ticket. ``record`` is the encoded ``MatchRecord`` with every detail (roles,
+    region, the matchmaker's explanation); it is empty in entries of older leaders.
     """
 
     match: str
@@ -124,6 +156,63 @@ class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
     created_at: float
     ended_at: float
     sessions: list[str]
+    server: str | None = None
+    tickets: list[str] = msgspec.field(default_factory=list)
+    record: bytes = b""
+
+
+class ServerState(msgspec.Struct, frozen=True, array_like=True):
+    """A registered game server as stored in Redis, with the session key it is connected on."""
+
+    id: str
+    address: str
+    region: str
+    capacity: int
+    queues: list[str]
+    session: str
+
+
+class HostedState(msgspec.Struct, frozen=True, array_like=True):
+    """A match that is being allocated or is running on a registered game server.
+
+    ``record`` is the encoded ``MatchRecord`` the match started with. ``tickets`` keep
+    each player's queue wait for a requeue, and ``bound`` lists the players the match
+    still holds. ``players`` carries every player of the match, so that a new leader
+    can rate a player who is offline.
+    """
+
+    record: bytes
+    tickets: list[TicketState]
+    server: str
+    session: str
+    deadline: float
+    phase: str
+    bound: list[str]
+    players: list[PlayerInfo]
+
+
+class EndedState(msgspec.Struct, frozen=True, array_like=True):
+    """The end of a hosted match, kept so that a late or repeated request of its server gets a precise error."""
+
+    match: str
+    phase: str
+    at: float
+    server: str
+
+
+class FinishingMatch(msgspec.Struct, frozen=True, array_like=True):
+    """A result the leader applied in memory but may not have stored or announced yet.
+
+    ``record`` is the encoded finished ``MatchRecord``, and ``players`` the encoded
+    rated ``PlayerRecord`` of each player. ``deliveries`` maps node ids to the encoded
+    ``Delivery`` entries that announce the result. Their ids stay the same whichever
+    leader sends them.
+    """
+
+    match: str
+    record: bytes
+    players: list[bytes]
+    deliveries: dict[str, list[bytes]]
 
 
 ENCODER: Final = msgspec.msgpack.Encoder()
@@ -132,6 +221,10 @@ DELIVERY_DECODER: Final = msgspec.msgpack.Decoder(Delivery)
 TICKET_DECODER: Final = msgspec.msgpack.Decoder(TicketState)
 CHECK_DECODER: Final = msgspec.msgpack.Decoder(CheckSnapshot)
 STARTING_DECODER: Final = msgspec.msgpack.Decoder(StartingMatch)
+SERVER_DECODER: Final = msgspec.msgpack.Decoder(ServerState)
+HOSTED_DECODER: Final = msgspec.msgpack.Decoder(HostedState)
+ENDED_DECODER: Final = msgspec.msgpack.Decoder(EndedState)
+FINISHING_DECODER: Final = msgspec.msgpack.Decoder(FinishingMatch)
 # Presence is JSON because the Redis scripts read its ``since`` with cjson.
 PRESENCE_ENCODER: Final = msgspec.json.Encoder()
 PRESENCE_DECODER: Final = msgspec.json.Decoder(Presence)

@@ -97,6 +97,7 @@ def open_cluster(
         node_ttl=config.node_ttl_ms / 1000,
         cleanup_interval=config.cleanup_interval_ms / 1000,
         player_ttl=config.player_idle_ttl_ms / 1000,
+        hosting=config.hosting_settings(),
     )
     node_settings = NodeSettings(
         node=node,
@@ -106,7 +107,8 @@ def open_cluster(
         retry_after_ms=config.unavailable_retry_ms,
         dev_mode=settings.dev_mode,
     )
-    return ClusterNode(state, node_settings, term, registry, persistence, new_match_id)
+    results = persistence.store if isinstance(persistence.store, PostgresStore) else None
+    return ClusterNode(state, node_settings, term, registry, persistence, new_match_id, results)
 
 
 class Server:
@@ -206,8 +208,14 @@ class Server:
 
     @property
     def hosting_counts(self) -> HostingCounts | None:
-        """Counts of allocations, results and abandoned matches; None without game servers."""
-        return self.lobby.hosting.counts if self.lobby.hosting is not None else None
+        """Counts of allocations, results and abandoned matches; None without game servers.
+
+        A cluster node counts only the matches it hosted while leading in its current term.
+        """
+        lobby = self.lobby
+        if self.cluster is not None and self.cluster.term is not None:
+            lobby = self.cluster.term.lobby
+        return lobby.hosting.counts if lobby.hosting is not None else None
 
     # Life cycle.
 

@@ -19,6 +19,12 @@ goes through two commits: the first records it in ``starting``, the database wri
 follows, and the second removes it from ``starting`` and delivers ``match_start``.
 A new leader finishes every match it finds in ``starting``, with the same delivery
 ids, so a node drops what the old leader had already delivered.
+
+With game servers, the lobby has a ``Hosting``. Registered servers, hosted matches
+and how hosted matches ended are mirrored into the shared state like tickets. A
+reported result goes through two commits in the same way as a start: the first
+records it in ``finishing`` (with the rated players and the messages that announce
+it), PostgreSQL then stores it once per match id, and the second delivers it.
 """
 
 from __future__ import annotations
@@ -31,16 +37,31 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from lobbyd.core import effects as fx
+from lobbyd.core.hosting import HostingSettings
+from lobbyd.core.hosting_snapshot import (
+    PLAYER_RECORD_DECODER,
+    RECORD_DECODER,
+    ended_state,
+    hosted_state,
+    refresh_ratings,
+    restore_hosting,
+    server_state,
+    track_hosting,
+)
 from lobbyd.core.lobby import Lobby
+from lobbyd.core.match_start import match_start
 from lobbyd.core.model import LobbySettings, MatchRecord, MatchState, Place, PlayerRecord, QueueRules
 from lobbyd.core.snapshot import check_snapshot, restore, ticket_state, track
-from lobbyd.errors import RemoteError, SharedStateError, StoreError
+from lobbyd.errors import InvalidSecret, RemoteError, SharedStateError, StoreError
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
-from lobbyd.server import logs
+from lobbyd.server import game_server_session, logs
 from lobbyd.server.persistence import Persistence
-from lobbyd.store.shared import Commit, Fenced, SharedState
+from lobbyd.store.base import ResultStore
+from lobbyd.store.shared import Commit, Fenced, SharedState, Snapshot
 
 # Waits, in seconds, between attempts to store a started match. They add up to
 # 7.75 s, so a PostgreSQL restart (1 to 3 s on the test machine) costs no match.
@@ -70,6 +91,8 @@ class TermSettings:
     """Seconds between drops of finished ready checks and idle offline players."""
     player_ttl: float = 600.0
     """Seconds an offline player's record stays in the leader's memory."""
+    hosting: HostingSettings | None = None
+    """Game-server settings; None when matches need no game server."""
 
 
 @dataclass(slots=True)
@@ -90,6 +113,7 @@ class _Outcome:
     saves: list[fx.SavePlayer | fx.SaveMatch] = field(default_factory=list)
     events: list[fx.Event] = field(default_factory=list)
     starts: list[c.StartingMatch] = field(default_factory=list)
+    finishes: list[c.FinishingMatch] = field(default_factory=list)
 
 
 class LeaderTerm:
@@ -102,14 +126,21 @@ class LeaderTerm:
         token: int,
         persistence: Persistence,
         new_match_id: Callable[[], str],
+        results: ResultStore | None = None,
     ) -> None:
+        """Lead with ``token``; ``results`` stores match results once per match id across nodes."""
         self.state = state
         self.settings = settings
         self.token = token
         self.owner = f"{settings.node}:{token}"
         self.persistence = persistence
-        self.lobby = Lobby(settings.rules, settings.lobby, new_match_id)
+        self.results = results
+        self.lobby = Lobby(settings.rules, settings.lobby, new_match_id, settings.hosting)
         self.changes = track(self.lobby)
+        self.hosting_changes = track_hosting(self.lobby.hosting) if self.lobby.hosting is not None else None
+        # Effects made outside a request or tick (a start that could not be stored),
+        # committed with the next batch so that commits stay in one task.
+        self._later: list[_Batch] = []
         self.cursor = "0-0"
         self._logins: dict[str, float] = {}
         self._absent_since: dict[str, float] = {}
@@ -175,6 +206,8 @@ class LeaderTerm:
             wait_ms = int((next_tick - loop.time()) * 1000)
             entries = await self.state.read_requests(self.cursor, block_ms=max(wait_ms, 0), count=READ_BATCH)
             batches = [self._apply(entry_id, payload) for entry_id, payload in entries]
+            batches.extend(self._later)
+            self._later.clear()
 
             if loop.time() >= next_sweep:
                 batches.append(await self._sweep_dead_nodes())
@@ -202,6 +235,8 @@ class LeaderTerm:
         began = time.perf_counter()
         snapshot = await self.state.snapshot()
         restored = restore(self.lobby, snapshot.presence, snapshot.tickets, snapshot.checks)
+        self._restore_hosting(snapshot)
+        await self._refresh_ratings(snapshot)
         self.cursor = snapshot.cursor
         self._logins = {player: where.since for player, where in snapshot.presence.items()}
 
@@ -222,6 +257,8 @@ class LeaderTerm:
 
         for starting in snapshot.starting:
             self._spawn_start(starting)
+        for finishing in snapshot.finishing:
+            self._spawn_finish(finishing)
         log.info(
             "leader_elected",
             token=self.token,
@@ -229,9 +266,34 @@ class LeaderTerm:
             tickets=sum(len(pool) for pool in self.lobby.queues.values()),
             ready_checks=len(self.lobby.checks),
             starting=len(snapshot.starting),
+            game_servers=len(snapshot.servers),
+            hosted_matches=len(snapshot.hosted),
+            finishing=len(snapshot.finishing),
             orphans=len(restored.orphans),
             rebuild_ms=round((time.perf_counter() - began) * 1000, 2),
         )
+
+    def _restore_hosting(self, snapshot: Snapshot) -> None:
+        if self.lobby.hosting is None:
+            if snapshot.servers or snapshot.hosted:
+                # NOTE: the entries stay in Redis for a leader that has game servers configured.
+                log.error("hosting_state_ignored", servers=len(snapshot.servers), hosted=len(snapshot.hosted))
+            return
+        restore_hosting(self.lobby, snapshot.servers, snapshot.hosted, snapshot.ended)
+
+    async def _refresh_ratings(self, snapshot: Snapshot) -> None:
+        """Bring the restored players' ratings up to the results stored or in flight since they logged in."""
+        records = [PLAYER_RECORD_DECODER.decode(raw) for finishing in snapshot.finishing for raw in finishing.players]
+        try:
+            stored = await self.persistence.store.load_players(list(self.lobby.players))
+        except StoreError as exc:
+            # NOTE: without the store the login-time ratings are used, which miss results
+            # applied since; the next result of such a player is rated from them.
+            log.error("leader_ratings_load_failed", error=str(exc), players=len(self.lobby.players))
+            stored = {}
+        changed = refresh_ratings(self.lobby, [*stored.values(), *records])
+        if changed:
+            log.info("leader_ratings_refreshed", players=changed)
 
     # Requests.
 
@@ -245,12 +307,15 @@ class LeaderTerm:
         try:
             if forward.gone:
                 batch.effects = self._gone(forward, key, now)
-            elif self._attach(forward, key, now, batch.effects):
+            elif forward.player is None:
+                batch.effects = self._dispatch_server(forward, key, now)
+            elif self._attach(forward, forward.player, key, now, batch.effects):
                 batch.effects.extend(self._dispatch(forward, key, now))
         except RemoteError as exc:
             batch.effects.append(fx.Send(key, m.Error(code=exc.code, message=exc.message, rid=exc.rid)))
         except Exception:
-            log.exception("forwarded_request_failed", session=key, player=forward.player.id)
+            player = forward.player.id if forward.player is not None else None
+            log.exception("forwarded_request_failed", session=key, player=player)
             rid = forward.request.rid if forward.request is not None else None
             error = m.Error(code="internal", message="the server failed to process this request", rid=rid)
             batch.effects.append(fx.Send(key, error))
@@ -261,22 +326,28 @@ class LeaderTerm:
             return self.lobby.disconnect(key, now)
         # An empty session: the node started afresh, so none of its old sessions lives.
         effects: list[fx.Effect] = []
-        prefix = f"{forward.node}/"
-        for stale in [k for k in self.lobby.sessions if k.startswith(prefix)]:
+        for stale in self._sessions_of(forward.node):
             effects.extend(self.lobby.disconnect(stale, now))
         return effects
 
-    def _attach(self, forward: c.Forward, key: str, now: float, effects: list[fx.Effect]) -> bool:
+    def _sessions_of(self, node: str) -> list[str]:
+        """Return the session keys of ``node``'s players and game servers that the lobby holds."""
+        prefix = f"{node}/"
+        servers = self.lobby.hosting.pool.by_session if self.lobby.hosting is not None else {}
+        return [key for key in [*self.lobby.sessions, *servers] if key.startswith(prefix)]
+
+    def _attach(self, forward: c.Forward, info: c.PlayerInfo, key: str, now: float, effects: list[fx.Effect]) -> bool:
         """Bind ``key`` to its player unless a later login of that player is bound; return whether it is."""
-        player_id = forward.player.id
+        player_id = info.id
         if self.lobby.sessions.get(key) == player_id:
             return True
         newest = self._logins.get(player_id)
         if newest is not None and newest > forward.since:
             # A request of a session that a later login replaced; its node closes it.
             return False
-        info = forward.player
-        record = PlayerRecord(info.id, info.name, info.rating, info.first_seen, info.last_seen)
+        record = PlayerRecord(
+            info.id, info.name, info.rating, info.first_seen, info.last_seen, info.mu, info.sigma, info.games, info.wins
+        )
         # The node already sent welcome and kicked any older session, so those
         # effects of connect are dropped; the old session's queue place still ends.
         for effect in self.lobby.connect(key, record, player_id, None, now):
@@ -301,7 +372,31 @@ class LeaderTerm:
             return self.lobby.accept(key, request.match, now, request.rid)
         if isinstance(request, m.Decline):
             return self.lobby.decline(key, request.match, now, request.rid)
+        if isinstance(request, m.GetProfile):
+            return self.lobby.profile(key, request.rid)
+        if request is not None:
+            # A game server's request on a player's session.
+            game_server_session.check_player_request(request)
         return []
+
+    def _dispatch_server(self, forward: c.Forward, key: str, now: float) -> list[fx.Effect]:
+        """Apply one request of the game server on session ``key``, as the embedded matchmaker does."""
+        request = forward.request
+        hosting = self.lobby.hosting
+        if request is None:
+            return []
+        if hosting is None:
+            msg = "this lobby takes no game-server registrations: the cluster's leader has no game_server_secret"
+            raise InvalidSecret(msg, rid=request.rid)
+        if isinstance(request, m.Register):
+            return hosting.register(key, request, now)
+        if key not in hosting.pool.by_session:
+            # A session replaced by a newer registration of its server; its node closes it.
+            return []
+        if self.hosting_changes is not None and isinstance(request, m.GAME_SERVER_REQUESTS):
+            # These change the hosted match in place, which the tracker cannot see.
+            self.hosting_changes.hosted.add(request.match)
+        return game_server_session.dispatch(self.lobby, key, request, now)
 
     def _sync(self, key: str, believed_queue: str | None) -> list[fx.Effect]:
         """Tell a player whose node lost Redis whether they are still queued."""
@@ -321,7 +416,8 @@ class LeaderTerm:
         missing, so nodes that could not refresh their key while Redis itself was
         unreachable get a full ``node_ttl`` to do so once it is back.
         """
-        nodes = {key.split("/", 1)[0] for key in self.lobby.sessions} - {self.settings.node}
+        servers = self.lobby.hosting.pool.by_session if self.lobby.hosting is not None else {}
+        nodes = {key.split("/", 1)[0] for key in [*self.lobby.sessions, *servers]} - {self.settings.node}
         live = await self.state.live_nodes(nodes)
         now = time.time()
         for node in live:
@@ -330,11 +426,13 @@ class LeaderTerm:
         dead = [node for node in nodes - live if now - self._absent_since.setdefault(node, now) >= ttl]
         batch = _Batch([])
         for node in dead:
-            prefix = f"{node}/"
-            keys = [key for key in self.lobby.sessions if key.startswith(prefix)]
+            keys = self._sessions_of(node)
             log.warning("node_declared_dead", node=node, sessions=len(keys))
             for key in keys:
-                batch.presence_deletes.append((self.lobby.sessions[key], key))
+                player = self.lobby.sessions.get(key)
+                if player is not None:
+                    batch.presence_deletes.append((player, key))
+                # A game server's session ends as a lost server: its matches are abandoned.
                 batch.effects.extend(self.lobby.disconnect(key, now))
             self._absent_since.pop(node, None)
         return batch
@@ -359,6 +457,8 @@ class LeaderTerm:
             log.info(event.name, **event.fields)
         for starting in outcome.starts:
             self._spawn_start(starting)
+        for finishing in outcome.finishes:
+            self._spawn_finish(finishing)
 
     def _build(self, batches: Iterable[_Batch]) -> tuple[Commit, _Outcome]:
         """Turn effects into one commit: deliveries per session in order, and the state that changed."""
@@ -366,28 +466,39 @@ class LeaderTerm:
         for batch in batches:
             commit.presence_deletes.extend(batch.presence_deletes)
             messages: dict[str, list[m.ServerMessage]] = {}
+            closes: dict[str, str] = {}
             if batch.requester is not None:
                 messages[batch.requester] = []
             for effect in batch.effects:
-                self._route(effect, messages, commit, outcome)
+                if isinstance(effect, fx.Close):
+                    messages.setdefault(effect.session, [])
+                    closes.setdefault(effect.session, effect.reason)
+                else:
+                    self._route(effect, messages, commit, outcome)
             for key, sent in messages.items():
                 done = [batch.seq] if key == batch.requester and batch.seq > 0 else []
-                self._add_delivery(commit, key, sent, done)
+                self._add_delivery(commit, key, sent, done, closes.get(key))
 
         players, matches = self.changes.take()
         for player_id in players:
-            state = ticket_state(self.lobby, player_id)
-            if state is None:
-                commit.ticket_deletes.add(player_id)
-            else:
-                commit.tickets[player_id] = c.ENCODER.encode(state)
+            _stage(commit.tickets, commit.ticket_deletes, player_id, ticket_state(self.lobby, player_id))
         for match in matches:
-            snapshot = check_snapshot(self.lobby, match)
-            if snapshot is None:
-                commit.check_deletes.add(match)
-            else:
-                commit.checks[match] = c.ENCODER.encode(snapshot)
+            _stage(commit.checks, commit.check_deletes, match, check_snapshot(self.lobby, match))
+        if self.hosting_changes is not None:
+            self._build_hosting(commit)
         return commit, outcome
+
+    def _build_hosting(self, commit: Commit) -> None:
+        """Add the game servers, hosted matches and ended matches that changed to ``commit``."""
+        hosting = self.lobby.hosting
+        assert hosting is not None and self.hosting_changes is not None
+        servers, hosted, ended = self.hosting_changes.take()
+        for server_id in servers:
+            _stage(commit.servers, commit.server_deletes, server_id, server_state(hosting, server_id))
+        for match in hosted:
+            _stage(commit.hosted, commit.hosted_deletes, match, hosted_state(self.lobby, match))
+        for match in ended:
+            _stage(commit.ended, commit.ended_deletes, match, ended_state(hosting, match))
 
     def _route(
         self, effect: fx.Effect, messages: dict[str, list[m.ServerMessage]], commit: Commit, outcome: _Outcome
@@ -400,26 +511,38 @@ class LeaderTerm:
             for send in effect.sends:
                 messages.setdefault(send.session, []).append(send.message)
         elif isinstance(effect, fx.StartMatch):
-            starting = self._starting(effect.record)
+            starting = self._starting(effect)
             commit.starting[starting.match] = c.ENCODER.encode(starting)
             outcome.starts.append(starting)
+        elif isinstance(effect, fx.FinishMatch):
+            finishing = self._finishing(effect)
+            commit.finishing[finishing.match] = c.ENCODER.encode(finishing)
+            outcome.finishes.append(finishing)
         elif isinstance(effect, fx.SavePlayer | fx.SaveMatch):
             outcome.saves.append(effect)
         elif isinstance(effect, fx.Event):
             outcome.events.append(effect)
-        # Close effects come only from connect, whose kick the node already made.
 
-    def _add_delivery(self, commit: Commit, key: str, sent: list[m.ServerMessage], done: list[int]) -> None:
+    def _add_delivery(
+        self, commit: Commit, key: str, sent: list[m.ServerMessage], done: list[int], close: str | None = None
+    ) -> None:
         node, session = c.split_session_key(key)
-        delivery = c.Delivery(f"{self.owner}-{next(self._delivery_ids)}", session, sent, done=done)
+        delivery = c.Delivery(f"{self.owner}-{next(self._delivery_ids)}", session, sent, close=close, done=done)
         commit.deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
 
-    def _starting(self, record: MatchRecord) -> c.StartingMatch:
+    def _starting(self, effect: fx.StartMatch) -> c.StartingMatch:
+        record = effect.record
+        starts = {send.session: send.message for send in effect.sends if isinstance(send.message, m.MatchStart)}
         sessions = []
         for team in record.teams:
             for player_id in team:
                 player = self.lobby.players.get(player_id)
                 sessions.append(player.session if player is not None and player.session else "")
+        tickets = []
+        if record.server is not None:
+            for key in sessions:
+                start = starts.get(key)
+                tickets.append(start.ticket or "" if start is not None else "")
         return c.StartingMatch(
             match=record.id,
             queue=record.queue,
@@ -429,6 +552,27 @@ class LeaderTerm:
             created_at=record.created_at,
             ended_at=record.ended_at,
             sessions=sessions,
+            server=record.server,
+            tickets=tickets,
+            record=c.ENCODER.encode(record),
+        )
+
+    def _finishing(self, effect: fx.FinishMatch) -> c.FinishingMatch:
+        """Turn an applied result into its stored form, with deliveries whose ids any leader reproduces."""
+        match = effect.record.id
+        messages: dict[str, list[m.ServerMessage]] = {}
+        for send in effect.sends:
+            messages.setdefault(send.session, []).append(send.message)
+        deliveries: dict[str, list[bytes]] = {}
+        for key, sent in messages.items():
+            node, session = c.split_session_key(key)
+            delivery = c.Delivery(f"finish-{match}-{session}", session, sent)
+            deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
+        return c.FinishingMatch(
+            match=match,
+            record=c.ENCODER.encode(effect.record),
+            players=[c.ENCODER.encode(player) for player in effect.players],
+            deliveries=deliveries,
         )
 
     # Starting matches.
@@ -441,42 +585,28 @@ class LeaderTerm:
     async def _finish_start(self, starting: c.StartingMatch) -> None:
         """Store a started match, then announce it, or cancel it if it cannot be stored."""
         began = time.perf_counter()
-        record = MatchRecord(
-            id=starting.match,
-            queue=starting.queue,
-            teams=tuple(tuple(team) for team in starting.teams),
-            ratings=tuple(tuple(team) for team in starting.ratings),
-            state=MatchState.STARTED,
-            created_at=starting.created_at,
-            ended_at=starting.ended_at,
-            waits=tuple(starting.waits),
-        )
+        record = _started_record(starting)
         stored = await self._store(record)
         players = [player for team in starting.teams for player in team]
         commit = Commit(starting_deletes={starting.match})
-        team_of = {player: index for index, team in enumerate(starting.teams) for player in team}
-        for player_id, key in zip(players, starting.sessions, strict=True):
+        tickets = starting.tickets or [""] * len(players)
+        for player_id, key, ticket in zip(players, starting.sessions, tickets, strict=True):
             if not key:
                 continue
             message: m.ServerMessage
             if stored:
-                message = m.MatchStart(
-                    match=starting.match,
-                    queue=starting.queue,
-                    team=team_of[player_id],
-                    teams=starting.teams,
-                    ratings=starting.ratings,
-                )
+                message = match_start(record, player_id, starting.server, ticket or None)
             else:
                 message = m.MatchCancelled(match=starting.match, reason="storage_failed", requeued=False)
             node, session = c.split_session_key(key)
             # The same id whichever leader delivers it, so a node drops a second copy.
             delivery = c.Delivery(f"start-{starting.match}-{session}", session, [message])
             commit.deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
-        if not await self._commit_start(starting.match, commit):
+        if not await self._commit_final(starting.match, commit):
             return
         if not stored:
-            self.lobby.abort_start(starting.match, time.time())
+            # A hosted match's server is told to deallocate it, in the next commit.
+            self._later.append(_Batch(self.lobby.abort_start(starting.match, time.time())))
             log.error("match_start_cancelled", match=starting.match, reason="storage_failed")
             return
         log.info(
@@ -487,25 +617,72 @@ class LeaderTerm:
             start_ms=round((time.perf_counter() - began) * 1000, 2),
         )
 
-    async def _commit_start(self, match: str, commit: Commit) -> bool:
-        """Write a start's outcome, retrying Redis errors; return False once fenced or out of tries.
+    async def _commit_final(self, match: str, commit: Commit) -> bool:
+        """Write a start's or a result's outcome, retrying Redis errors; return False once fenced or out of tries.
 
-        Either way the match stays in ``starting`` when this returns False, and the
-        next leader finishes it.
+        Either way the match stays in ``starting`` or ``finishing`` when this returns
+        False, and the next leader finishes it.
         """
         for attempt, delay in enumerate((*START_RETRY_DELAYS, None), start=1):
             try:
                 await self.state.commit(self.owner, commit)
                 return True
             except Fenced as exc:
-                log.warning("match_start_commit_fenced", match=match, error=str(exc))
+                log.warning("match_final_commit_fenced", match=match, error=str(exc))
                 return False
             except SharedStateError as exc:
-                log.warning("match_start_commit_failed", match=match, attempt=attempt, error=str(exc))
+                log.warning("match_final_commit_failed", match=match, attempt=attempt, error=str(exc))
                 if delay is None:
                     return False
                 await asyncio.sleep(delay)
         return False
+
+    # Results.
+
+    def _spawn_finish(self, finishing: c.FinishingMatch) -> None:
+        task = asyncio.create_task(self._finish_result(finishing))
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
+
+    async def _finish_result(self, finishing: c.FinishingMatch) -> None:
+        """Store an applied result once per match id, then announce it.
+
+        It is announced even when it cannot be stored, as the embedded daemon does:
+        the leader's memory has it, and the flusher retries the records.
+        """
+        began = time.perf_counter()
+        record = RECORD_DECODER.decode(finishing.record)
+        players = [PLAYER_RECORD_DECODER.decode(raw) for raw in finishing.players]
+        applied = await self._store_result(record, players)
+        commit = Commit(finishing_deletes={finishing.match}, deliveries=finishing.deliveries)
+        if not await self._commit_final(finishing.match, commit):
+            return
+        log.info(
+            "match_result_stored",
+            match=finishing.match,
+            applied=applied,
+            finish_ms=round((time.perf_counter() - began) * 1000, 2),
+        )
+
+    async def _store_result(self, record: MatchRecord, players: list[PlayerRecord]) -> bool | None:
+        """Store a result; return True if this call applied it, False if it was stored before, None on failure."""
+        for attempt, delay in enumerate((*START_RETRY_DELAYS, None), start=1):
+            try:
+                if self.results is not None:
+                    return await self.results.apply_match_result(record, players)
+                for player in players:
+                    self.persistence.mark_player(player)
+                await self.persistence.commit_match(record, [player.id for player in players])
+                return True
+            except StoreError as exc:
+                log.error("match_result_store_failed", match=record.id, attempt=attempt, error=str(exc))
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+        for player in players:
+            self.persistence.mark_player(player)
+        self.persistence.mark_match(record)
+        return None
 
     async def _store(self, record: MatchRecord) -> bool:
         players = [player for team in record.teams for player in team]
@@ -519,6 +696,31 @@ class LeaderTerm:
                     return False
                 await asyncio.sleep(delay)
         return False
+
+
+def _started_record(starting: c.StartingMatch) -> MatchRecord:
+    """Return the record of a started match: the full one the leader encoded, else one rebuilt from its fields."""
+    if starting.record:
+        return RECORD_DECODER.decode(starting.record)
+    return MatchRecord(
+        id=starting.match,
+        queue=starting.queue,
+        teams=tuple(tuple(team) for team in starting.teams),
+        ratings=tuple(tuple(team) for team in starting.ratings),
+        state=MatchState.STARTED,
+        created_at=starting.created_at,
+        ended_at=starting.ended_at,
+        waits=tuple(starting.waits),
+        server=starting.server,
+    )
+
+
+def _stage(sets: dict[str, bytes], deletes: set[str], key: str, state: msgspec.Struct | None) -> None:
+    """Stage ``state`` under ``key`` in one hash of a commit, or the key's deletion when ``state`` is None."""
+    if state is None:
+        deletes.add(key)
+    else:
+        sets[key] = c.ENCODER.encode(state)
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:

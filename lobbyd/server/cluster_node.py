@@ -6,11 +6,15 @@ session request to ``ClusterNode.submit`` instead of the local matchmaker:
 * ``hello``: the node claims the player's presence in Redis. A claim that replaces
   another session kicks it with ``logged_in_elsewhere``, directly when it is on this
   node, else through that node's inbox. Then the node sends ``welcome`` itself.
-* Lobby requests (``join_queue``, ``leave_queue``, ``accept``, ``decline``) and closed
-  sessions go to the leader as ``Forward`` entries of the request stream. The
-  leader answers through this node's inbox, and each answer names the requests it
-  finishes (``done``), so that a session's own replies (``pong``, errors) wait
-  behind them and every client gets its replies in request order.
+* Lobby requests (``join_queue``, ``leave_queue``, ``accept``, ``decline``,
+  ``get_profile``) and closed sessions go to the leader as ``Forward`` entries of
+  the request stream. The leader answers through this node's inbox, and each answer
+  names the requests it finishes (``done``), so that a session's own replies
+  (``pong``, errors) wait behind them and every client gets its replies in request
+  order.
+* A game server's ``register`` (its secret checked here and blanked) and its
+  requests go the same way; the leader allocates matches to it and answers through
+  this node's inbox.
 * While Redis is unreachable, the node keeps its sessions and answers lobby
   requests with ``unavailable`` and a retry hint. Once Redis is back it claims its
   sessions' presence again, forwards the closes it held, and asks the leader to
@@ -38,6 +42,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from lobbyd.core.model import DEFAULT_RATING, PlayerRecord
 from lobbyd.errors import SharedStateError, ShuttingDown, Unavailable
 from lobbyd.protocol import cluster as c
@@ -46,8 +52,9 @@ from lobbyd.server import logs
 from lobbyd.server.cluster_leader import LeadershipLost, LeaderTerm, TermSettings, wait_event
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.registry import Registry
-from lobbyd.server.requests import Gone, Incoming, Login, Relay, Request
+from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session import Session
+from lobbyd.store.base import ResultStore
 from lobbyd.store.shared import SharedState
 
 # Delivery ids remembered for de-duplication. A copy can only come from a new
@@ -72,9 +79,9 @@ def default_node_id() -> str:
 
 @dataclass(slots=True)
 class _SessionState:
-    """The player, login time and reply order of one authenticated session."""
+    """The player (``None`` for a game server), login time and reply order of one authenticated session."""
 
-    player: c.PlayerInfo
+    player: c.PlayerInfo | None
     since: float
     seq: int = 0
     believed_queue: str | None = None
@@ -102,8 +109,10 @@ class ClusterNode:
         registry: Registry,
         persistence: Persistence,
         new_match_id: Callable[[], str],
+        results: ResultStore | None = None,
     ) -> None:
         self.state = state
+        self.results = results
         self.settings = settings
         self.node = settings.node
         self.term_settings = term_settings
@@ -140,8 +149,17 @@ class ClusterNode:
             info = _player_info(request, time.time())
             self._sessions[session.id] = _SessionState(info, info.last_seen, order=collections.deque([_LOGIN]))
             self._outbox.put_nowait(request)
+        elif isinstance(request, Registration):
+            self._register(session, request)
         else:
             self._outbox.put_nowait(request)
+
+    def _register(self, session: Session, request: Registration) -> None:
+        """Forward a game server's registration, whose secret the session checked, without the secret."""
+        tracked = _SessionState(None, time.time(), seq=1, order=collections.deque([1]))
+        self._sessions[session.id] = tracked
+        register = msgspec.structs.replace(request.register, secret="")
+        self._outbox.put_nowait(c.Forward(self.node, session.id, 1, tracked.since, None, request=register))
 
     def _incoming(self, session: Session, request: Incoming) -> None:
         tracked = self._sessions.get(session.id)
@@ -157,7 +175,7 @@ class ClusterNode:
         if not self.healthy:
             self._answer_unavailable(session, rid)
             return
-        if not isinstance(message, m.JoinQueue | m.LeaveQueue | m.Accept | m.Decline):
+        if not isinstance(message, c.FORWARDED_TYPES):
             # A message type the leader has no handler for: our bug, as in the embedded matchmaker.
             session.log.error("request_not_forwardable", type=type(message).__name__)
             self._answer_locally(session, "internal", "the server failed to process this request", rid)
@@ -255,7 +273,7 @@ class ClusterNode:
 
     def _announce_start(self) -> None:
         """Tell the leader that no session of an earlier process with this node id lives on."""
-        forward = c.Forward(self.node, "", 0, 0.0, c.PlayerInfo("", "", 0, 0.0, 0.0), gone=True)
+        forward = c.Forward(self.node, "", 0, 0.0, None, gone=True)
         self._outbox.put_nowait(forward)
 
     # Outbox: logins, forwarded requests, closes.
@@ -301,11 +319,15 @@ class ClusterNode:
         rid = forward.request.rid if forward.request is not None else None
         self._resolve(session, tracked, forward.seq, self._unavailable_error(rid))
         session.log.info("request_rejected", code=Unavailable.code)
+        if isinstance(forward.request, m.Register):
+            # A game server that is not registered can do nothing on this connection;
+            # closed, it reconnects and registers again after retry_after_ms.
+            session.close(Unavailable.code)
 
     async def _login(self, login: Login) -> None:
         session, hello = login.session, login.hello
         tracked = self._sessions.get(session.id)
-        if tracked is None or not session.open:
+        if tracked is None or tracked.player is None or not session.open:
             session.inflight -= 1
             return
         presence = c.Presence(self.node, session.id, tracked.since, tracked.player)
@@ -366,6 +388,9 @@ class ClusterNode:
         tracked = self._sessions.pop(session.id, None)
         if tracked is None:
             return []
+        if tracked.player is None:
+            # A game server's session: the leader treats its close as the server's loss.
+            return [c.Forward(self.node, session.id, 0, tracked.since, None, gone=True)]
         player = tracked.player.id
         if self._by_player.get(player) == session.id:
             del self._by_player[player]
@@ -445,6 +470,8 @@ class ClusterNode:
         try:
             # NOTE: one round trip per session; 10,000 sessions take an estimated 1 to 2 s here.
             for session_id, tracked in list(self._sessions.items()):
+                if tracked.player is None:
+                    continue
                 presence = c.Presence(self.node, session_id, tracked.since, tracked.player)
                 claimed, other = await self.state.claim_presence(presence)
                 if not claimed and (session := self.registry.get(session_id)) is not None:
@@ -455,6 +482,7 @@ class ClusterNode:
         except SharedStateError as exc:
             log.warning("redis_recovery_failed", error=str(exc))
             return
+        servers = self._drop_game_servers() if outage >= self.settings.node_ttl_ms / 1000 else 0
         syncs = 0
         for session_id, tracked in self._sessions.items():
             if tracked.believed_queue is not None:
@@ -466,7 +494,28 @@ class ClusterNode:
                 syncs += 1
         self.healthy = True
         self._unhealthy_since = None
-        log.info("redis_reachable_again", node=self.node, outage_s=round(outage, 3), closes=len(held), syncs=syncs)
+        log.info(
+            "redis_reachable_again",
+            node=self.node,
+            outage_s=round(outage, 3),
+            closes=len(held),
+            syncs=syncs,
+            game_servers_closed=servers,
+        )
+
+    def _drop_game_servers(self) -> int:
+        """Close this node's game-server sessions after an outage the leader may have taken for this node's death.
+
+        The leader then dropped those servers and abandoned their matches, and would
+        ignore their requests; closed, they reconnect and register again.
+        """
+        closed = 0
+        for session_id, tracked in self._sessions.items():
+            session = self.registry.get(session_id)
+            if tracked.player is None and session is not None:
+                session.kick(Unavailable.code)
+                closed += 1
+        return closed
 
     # Elections.
 
@@ -482,7 +531,9 @@ class ClusterNode:
             if token is None:
                 await wait_event(self._stopping, poll)
                 continue
-            term = LeaderTerm(self.state, self.term_settings, token, self.persistence, self.new_match_id)
+            term = LeaderTerm(
+                self.state, self.term_settings, token, self.persistence, self.new_match_id, self.results
+            )
             self.term = term
             task = asyncio.create_task(term.run())
             self._tasks.add(task)
@@ -530,5 +581,9 @@ def _player_info(login: Login, now: float) -> c.PlayerInfo:
         rating=record.rating if record else DEFAULT_RATING,
         first_seen=record.first_seen if record else now,
         last_seen=now,
+        mu=record.mu if record else None,
+        sigma=record.sigma if record else None,
+        games=record.games if record else 0,
+        wins=record.wins if record else 0,
     )
 

@@ -44,3 +44,10 @@ class Store(Protocol):
 
         Cancelled ready checks are not part of a history.
         """
+
+
+class ResultStore(Protocol):
+    """A store shared by every node of a cluster, which applies each match result once."""
+
+    async def apply_match_result(self, record: MatchRecord, players: Sequence[PlayerRecord]) -> bool:
+        """Store the finished match and its rated players unless its result is stored; return whether this call did."""

@@ -12,7 +12,10 @@ a fresh one, so callers recover by retrying.
 
 A match result is applied exactly once however many nodes report it: its row in
 ``results`` is keyed by the match id, and the rating changes are written in the same
-transaction as that row, only when the insert created it.
+transaction as that row, only when the insert created it (``apply_result`` adds
+rating points, ``apply_match_result`` writes the rated players and the finished match).
+A player row is never overwritten by a record with fewer rated games, so a late
+write from a stale node cannot roll a result back.
 """
 
 from __future__ import annotations
@@ -146,6 +149,9 @@ _UPSERT_PLAYER: Final = """
         sigma = excluded.sigma,
         games = excluded.games,
         wins = excluded.wins
+    -- A record with fewer rated games than the stored one predates a result that
+    -- another node already wrote, so it must not roll the ratings back.
+    WHERE excluded.games >= players.games
 """
 
 _UPSERT_MATCH: Final = """
@@ -169,6 +175,12 @@ _UPSERT_MATCH: Final = """
         ended_at = excluded.ended_at,
         reason = excluded.reason
 """
+
+# Returns true only when this statement created the row: the once-per-match gate.
+_INSERT_RESULT: Final = (
+    "INSERT INTO results (match_id, outcome, rating_changes, applied_at) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (match_id) DO NOTHING RETURNING true"
+)
 
 _SELECT_PLAYERS: Final = (
     "SELECT id, name, rating, first_seen, last_seen, mu, sigma, games, wins, penalty_level, penalty_since,"
@@ -292,13 +304,7 @@ class PostgresStore:
 
     async def save(self, players: Sequence[PlayerRecord], matches: Sequence[MatchRecord]) -> None:
         """Upsert ``players`` and ``matches`` in one transaction: all of them or none."""
-        player_rows = [
-            (
-                p.id, p.name, p.rating, p.first_seen, p.last_seen, p.mu, p.sigma, p.games, p.wins,
-                p.penalty_level, p.penalty_since, p.locked_until,
-            )
-            for p in players
-        ]
+        player_rows = [_player_row(player) for player in players]
         match_rows = [_match_row(record) for record in matches]
         history_rows = [row for record in matches for row in _match_player_rows(record)]
         if not player_rows and not match_rows:
@@ -379,8 +385,7 @@ class PostgresStore:
         changes = _json_encoder.encode(result.rating_changes).decode()
         async with self._connection("apply_result") as connection, connection.transaction():
             created = await connection.fetchval(
-                "INSERT INTO results (match_id, outcome, rating_changes, applied_at) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (match_id) DO NOTHING RETURNING true",
+                _INSERT_RESULT,
                 result.match,
                 outcome,
                 changes,
@@ -391,6 +396,31 @@ class PostgresStore:
             await connection.executemany(
                 "UPDATE players SET rating = rating + $2 WHERE id = $1", list(result.rating_changes.items())
             )
+        return True
+
+    async def apply_match_result(self, record: MatchRecord, players: Sequence[PlayerRecord]) -> bool:
+        """Store the finished match ``record`` and its rated ``players``, once per match id.
+
+        One transaction inserts the ``results`` row, then, only if the insert created
+        it, writes the players, the match and its history rows. Returns False, changing
+        nothing, when a result for that match was stored before, by any node.
+        """
+        outcome = _json_encoder.encode({"ranks": record.ranks, "scores": record.scores}).decode()
+        changes = _json_encoder.encode(_rating_changes(record)).decode()
+        player_rows = [_player_row(player) for player in players]
+        async with self._connection("apply_match_result") as connection, connection.transaction():
+            created = await connection.fetchval(
+                _INSERT_RESULT,
+                record.id,
+                outcome,
+                changes,
+                record.ended_at,
+            )
+            if not created:
+                return False
+            await connection.executemany(_UPSERT_PLAYER, player_rows)
+            await connection.execute(_UPSERT_MATCH, *_match_row(record))
+            await connection.executemany(_UPSERT_MATCH_PLAYER, _match_player_rows(record))
         return True
 
     # Internals.
@@ -437,6 +467,24 @@ class PostgresStore:
                     for statement in MIGRATIONS[target]:
                         await connection.execute(statement)
                     await connection.execute("INSERT INTO schema_migrations (version) VALUES ($1)", target)
+
+
+def _player_row(p: PlayerRecord) -> tuple[object, ...]:
+    return (
+        p.id, p.name, p.rating, p.first_seen, p.last_seen, p.mu, p.sigma, p.games, p.wins,
+        p.penalty_level, p.penalty_since, p.locked_until,
+    )
+
+
+def _rating_changes(record: MatchRecord) -> dict[str, int]:
+    """Return each player's display rating points gained (negative: lost) by a finished match."""
+    if record.ratings_after is None:
+        return {}
+    changes: dict[str, int] = {}
+    for team, before, after in zip(record.teams, record.ratings, record.ratings_after, strict=True):
+        for player, old, new in zip(team, before, after, strict=True):
+            changes[player] = new - old
+    return changes
 
 
 def _match_row(record: MatchRecord) -> tuple[object, ...]:

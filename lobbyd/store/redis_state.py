@@ -11,6 +11,10 @@ Keys, all under one prefix P:
 | ``P:tickets`` | hash | player id to ``TicketState`` (msgpack) |
 | ``P:checks`` | hash | match id to ``CheckSnapshot`` (msgpack) |
 | ``P:starting`` | hash | match id to ``StartingMatch`` (msgpack) |
+| ``P:servers`` | hash | game server id to ``ServerState`` (msgpack) |
+| ``P:hosted`` | hash | match id to ``HostedState`` (msgpack): allocating or running |
+| ``P:ended`` | hash | match id to ``EndedState`` (msgpack): how a hosted match ended |
+| ``P:finishing`` | hash | match id to ``FinishingMatch`` (msgpack): a result not yet stored or announced |
 | ``P:requests`` | stream | ``Forward`` entries from every node to the leader |
 | ``P:cursor`` | string | id of the last request entry the leader's state includes |
 | ``P:inbox:NODE`` | stream | ``Delivery`` entries for NODE's sessions |
@@ -42,7 +46,7 @@ from redis.backoff import NoBackoff
 
 from lobbyd.errors import SharedStateError
 from lobbyd.protocol import cluster as c
-from lobbyd.store.shared import Commit, Fenced, Snapshot
+from lobbyd.store.shared import Commit, Fenced, Snapshot, decode_snapshot
 
 __all__ = ["Commit", "Fenced", "RedisState", "Snapshot"]
 
@@ -72,19 +76,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: leader, tickets, checks, starting, presence, cursor, requests, then one inbox
-# per node. ARGV: owner, cursor ('' keeps it), then for tickets, checks and starting
-# in turn a count of (field, value) sets and a count of deleted fields, then a count
-# of (player, "NODE/SESSION") presence entries to delete if they still name that
+# The hashes a commit writes, in the order of their KEYS after the leader key.
+COMMIT_HASHES: Final = tuple(name for name, _, _ in Commit().hashes())
+_PRESENCE_KEY: Final = len(COMMIT_HASHES) + 2
+_CURSOR_KEY: Final = _PRESENCE_KEY + 1
+_REQUESTS_KEY: Final = _PRESENCE_KEY + 2
+_FIRST_INBOX_KEY: Final = _PRESENCE_KEY + 3
+
+# KEYS: leader, the COMMIT_HASHES, presence, cursor, requests, then one inbox per
+# node. ARGV: owner, cursor ('' keeps it), then for each hash in turn a count of
+# (field, value) sets and a count of deleted fields, then a count of
+# (player, "NODE/SESSION") presence entries to delete if they still name that
 # session, then per inbox a count of deliveries.
-_COMMIT: Final = """
+_COMMIT: Final = (
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease is not held by ' .. ARGV[1]) end
 local i = 3
 if ARGV[2] ~= '' then
-  redis.call('SET', KEYS[6], ARGV[2])
-  redis.call('XTRIM', KEYS[7], 'MINID', '~', ARGV[2])
+  redis.call('SET', KEYS[CURSOR], ARGV[2])
+  redis.call('XTRIM', KEYS[REQUESTS], 'MINID', '~', ARGV[2])
 end
-for h = 2, 4 do
+for h = 2, PRESENCE - 1 do
   local n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do redis.call('HSET', KEYS[h], ARGV[i], ARGV[i + 1]); i = i + 2 end
   n = tonumber(ARGV[i]); i = i + 1
@@ -92,22 +104,28 @@ for h = 2, 4 do
 end
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  local value = redis.call('HGET', KEYS[5], ARGV[i])
+  local value = redis.call('HGET', KEYS[PRESENCE], ARGV[i])
   if value then
     local where = cjson.decode(value)
-    if where.node .. '/' .. where.session == ARGV[i + 1] then redis.call('HDEL', KEYS[5], ARGV[i]) end
+    if where.node .. '/' .. where.session == ARGV[i + 1] then redis.call('HDEL', KEYS[PRESENCE], ARGV[i]) end
   end
   i = i + 2
 end
-for k = 8, #KEYS do
+for k = FIRST_INBOX, #KEYS do
   n = tonumber(ARGV[i]); i = i + 1
   for _ = 1, n do
-    redis.call('XADD', KEYS[k], 'MAXLEN', '~', '""" + str(INBOX_MAXLEN) + """', '*', 'd', ARGV[i])
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', 'INBOX_MAXLEN', '*', 'd', ARGV[i])
     i = i + 1
   end
 end
 return 1
 """
+    .replace("FIRST_INBOX", str(_FIRST_INBOX_KEY))
+    .replace("PRESENCE", str(_PRESENCE_KEY))
+    .replace("CURSOR", str(_CURSOR_KEY))
+    .replace("REQUESTS", str(_REQUESTS_KEY))
+    .replace("INBOX_MAXLEN", str(INBOX_MAXLEN))
+)
 
 # KEYS: presence. ARGV: player, Presence JSON, its since. Returns {1, old} when the
 # claim replaced an entry, {1} when there was none, {0, newer} when a later login holds it.
@@ -206,22 +224,17 @@ class RedisState:
     async def commit(self, owner: str, commit: Commit) -> None:
         """Write ``commit`` atomically if ``owner`` holds the lease; raise ``Fenced`` if not."""
         nodes = sorted(commit.deliveries)
+        hashes = commit.hashes()
         keys = [
             self.key("leader"),
-            self.key("tickets"),
-            self.key("checks"),
-            self.key("starting"),
+            *(self.key(name) for name, _, _ in hashes),
             self.key("presence"),
             self.key("cursor"),
             self.key("requests"),
             *(self.key("inbox", node) for node in nodes),
         ]
         args: list[Any] = [owner, commit.cursor or ""]
-        for sets, deletes in (
-            (commit.tickets, commit.ticket_deletes),
-            (commit.checks, commit.check_deletes),
-            (commit.starting, commit.starting_deletes),
-        ):
+        for _, sets, deletes in hashes:
             args.append(len(sets))
             for name, value in sets.items():
                 args += [name, value]
@@ -242,21 +255,18 @@ class RedisState:
             raise
 
     async def snapshot(self) -> Snapshot:
-        """Read the presence map, tickets, ready checks, starting matches and cursor."""
+        """Read the presence map, every hash a commit writes, and the cursor, in one transaction."""
         async with self._call("snapshot"):
             pipe = self._client.pipeline(transaction=True)
             pipe.hgetall(self.key("presence"))
-            pipe.hvals(self.key("tickets"))
-            pipe.hvals(self.key("checks"))
-            pipe.hvals(self.key("starting"))
+            for name in COMMIT_HASHES:
+                pipe.hvals(self.key(name))
             pipe.get(self.key("cursor"))
-            presence, tickets, checks, starting, cursor = await pipe.execute()
-        return Snapshot(
-            presence={player.decode(): c.PRESENCE_DECODER.decode(value) for player, value in presence.items()},
-            tickets=[c.TICKET_DECODER.decode(value) for value in tickets],
-            checks=[c.CHECK_DECODER.decode(value) for value in checks],
-            starting=[c.STARTING_DECODER.decode(value) for value in starting],
-            cursor=_text(cursor) if cursor else "0-0",
+            presence, *values, cursor = await pipe.execute()
+        return decode_snapshot(
+            {player.decode(): c.PRESENCE_DECODER.decode(value) for player, value in presence.items()},
+            dict(zip(COMMIT_HASHES, values, strict=True)),
+            _text(cursor) if cursor else "0-0",
         )
 
     # Nodes and presence.

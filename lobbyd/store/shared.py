@@ -1,9 +1,10 @@
 """The cluster's shared state: the interface, and an in-memory implementation.
 
 ``SharedState`` is what cluster nodes need from the place they share. It has a leader
-lease with a fencing token, the presence map, and the leader's tickets, ready checks
-and starting matches. It also has a request stream, which the leader reads, and an
-inbox stream per node.
+lease with a fencing token, the presence map, and the leader's tickets, ready checks,
+starting matches, game servers, hosted matches, ended hosted matches and finishing
+results. It also has a request stream, which the leader reads, and an inbox stream
+per node.
 ``RedisState`` (``lobbyd.store.redis_state``) is the implementation that nodes on
 several hosts use. ``MemoryState`` keeps the same state in one process, for nodes
 that run in one process, such as in tests; it never loses a connection.
@@ -47,25 +48,34 @@ class Commit:
     check_deletes: set[str] = field(default_factory=set)
     starting: dict[str, bytes] = field(default_factory=dict)
     starting_deletes: set[str] = field(default_factory=set)
+    servers: dict[str, bytes] = field(default_factory=dict)
+    server_deletes: set[str] = field(default_factory=set)
+    hosted: dict[str, bytes] = field(default_factory=dict)
+    hosted_deletes: set[str] = field(default_factory=set)
+    ended: dict[str, bytes] = field(default_factory=dict)
+    ended_deletes: set[str] = field(default_factory=set)
+    finishing: dict[str, bytes] = field(default_factory=dict)
+    finishing_deletes: set[str] = field(default_factory=set)
     presence_deletes: list[tuple[str, str]] = field(default_factory=list)
     """(player, session key) pairs: delete the presence if it still names that session."""
     deliveries: dict[str, list[bytes]] = field(default_factory=dict)
     """Node id to encoded ``Delivery`` entries for its inbox, in order."""
 
+    def hashes(self) -> list[tuple[str, dict[str, bytes], set[str]]]:
+        """Return (hash name, fields to set, fields to delete) for every hash a commit writes."""
+        return [
+            ("tickets", self.tickets, self.ticket_deletes),
+            ("checks", self.checks, self.check_deletes),
+            ("starting", self.starting, self.starting_deletes),
+            ("servers", self.servers, self.server_deletes),
+            ("hosted", self.hosted, self.hosted_deletes),
+            ("ended", self.ended, self.ended_deletes),
+            ("finishing", self.finishing, self.finishing_deletes),
+        ]
+
     def __bool__(self) -> bool:
-        return any(
-            (
-                self.cursor,
-                self.tickets,
-                self.ticket_deletes,
-                self.checks,
-                self.check_deletes,
-                self.starting,
-                self.starting_deletes,
-                self.presence_deletes,
-                self.deliveries,
-            )
-        )
+        written = any(sets or deletes for _, sets, deletes in self.hashes())
+        return written or bool(self.cursor or self.presence_deletes or self.deliveries)
 
 
 @dataclass(slots=True)
@@ -77,6 +87,10 @@ class Snapshot:
     checks: list[c.CheckSnapshot]
     starting: list[c.StartingMatch]
     cursor: str
+    servers: list[c.ServerState] = field(default_factory=list)
+    hosted: list[c.HostedState] = field(default_factory=list)
+    ended: list[c.EndedState] = field(default_factory=list)
+    finishing: list[c.FinishingMatch] = field(default_factory=list)
 
 
 class SharedState(Protocol):
@@ -95,7 +109,7 @@ class SharedState(Protocol):
     async def commit(self, owner: str, commit: Commit) -> None:
         """Write ``commit`` atomically if ``owner`` holds the lease; raise ``Fenced`` if not."""
     async def snapshot(self) -> Snapshot:
-        """Read the presence map, tickets, ready checks, starting matches and cursor at one instant."""
+        """Read the presence map, every hash a commit writes, and the cursor at one instant."""
     async def refresh_node(self, node: str, ttl_ms: int) -> None: ...
     async def live_nodes(self, nodes: Iterable[str]) -> set[str]: ...
     async def claim_presence(self, presence: c.Presence) -> tuple[bool, c.Presence | None]:
@@ -124,9 +138,7 @@ class MemoryState:
         self._epoch = 0
         self._nodes: dict[str, float] = {}
         self._presence: dict[str, c.Presence] = {}
-        self._tickets: dict[str, bytes] = {}
-        self._checks: dict[str, bytes] = {}
-        self._starting: dict[str, bytes] = {}
+        self._hashes: dict[str, dict[str, bytes]] = {name: {} for name, _, _ in Commit().hashes()}
         self._cursor = "0-0"
         self._streams: dict[str, list[tuple[tuple[int, int], bytes]]] = {}
         self._last_id = (0, 0)
@@ -168,11 +180,8 @@ class MemoryState:
             raise Fenced(msg)
         if commit.cursor:
             self._cursor = commit.cursor
-        for table, sets, deletes in (
-            (self._tickets, commit.tickets, commit.ticket_deletes),
-            (self._checks, commit.checks, commit.check_deletes),
-            (self._starting, commit.starting, commit.starting_deletes),
-        ):
+        for name, sets, deletes in commit.hashes():
+            table = self._hashes[name]
             table.update(sets)
             for name in deletes:
                 table.pop(name, None)
@@ -186,13 +195,8 @@ class MemoryState:
 
     async def snapshot(self) -> Snapshot:
         self._check()
-        return Snapshot(
-            presence=dict(self._presence),
-            tickets=[c.TICKET_DECODER.decode(value) for value in self._tickets.values()],
-            checks=[c.CHECK_DECODER.decode(value) for value in self._checks.values()],
-            starting=[c.STARTING_DECODER.decode(value) for value in self._starting.values()],
-            cursor=self._cursor,
-        )
+        hashes = {name: list(table.values()) for name, table in self._hashes.items()}
+        return decode_snapshot(dict(self._presence), hashes, self._cursor)
 
     # Nodes and presence.
 
@@ -286,6 +290,21 @@ class MemoryState:
                 except TimeoutError:
                     return []
             self._check()
+
+
+def decode_snapshot(presence: dict[str, c.Presence], hashes: dict[str, list[bytes]], cursor: str) -> Snapshot:
+    """Build a ``Snapshot`` from the presence map, each hash's encoded values by name, and the cursor."""
+    return Snapshot(
+        presence=presence,
+        tickets=[c.TICKET_DECODER.decode(value) for value in hashes["tickets"]],
+        checks=[c.CHECK_DECODER.decode(value) for value in hashes["checks"]],
+        starting=[c.STARTING_DECODER.decode(value) for value in hashes["starting"]],
+        cursor=cursor,
+        servers=[c.SERVER_DECODER.decode(value) for value in hashes["servers"]],
+        hosted=[c.HOSTED_DECODER.decode(value) for value in hashes["hosted"]],
+        ended=[c.ENDED_DECODER.decode(value) for value in hashes["ended"]],
+        finishing=[c.FINISHING_DECODER.decode(value) for value in hashes["finishing"]],
+    )
 
 
 def _parse_id(text: str) -> tuple[int, int]:
