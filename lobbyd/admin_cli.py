@@ -48,7 +48,9 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         path = args.socket or _socket_from_config(args.config)
     except ConfigError as exc:
-        print(f"lobbyd admin: invalid configuration: {exc}", file=sys.stderr)
+        # The same SOURCE:KEY: message lines as check-config.
+        print(exc, file=sys.stderr)
+        print("lobbyd admin: invalid configuration", file=sys.stderr)
         return EXIT_USAGE
     request = _request(args)
     try:
