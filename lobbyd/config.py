@@ -302,6 +302,8 @@ _TABLE_KEYS: Final = ("queues", "static_game_servers", "dodge_lockouts_s")
 _SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in _TABLE_KEYS)
 ENVIRONMENT: Final = "environment"
 COMMAND_LINE: Final = "command line"
+# Settings that lobbyd serve takes as flags, by key.
+_FLAGS: Final = {"listen": "--listen", "data_dir": "--data-dir"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -336,8 +338,8 @@ class _Source:
         """Return ``SOURCE:KEY`` in the form the operator wrote the key in this source."""
         if self.name == ENVIRONMENT:
             return f"{self.name}:{ENV_PREFIX}{key.upper()}"
-        if self.name == COMMAND_LINE:
-            return f"{self.name}:--{key.replace('_', '-')}"
+        if self.name == COMMAND_LINE and key in _FLAGS:
+            return f"{self.name}:{_FLAGS[key]}"
         return f"{self.name}:{key}"
 
 

@@ -144,7 +144,7 @@ class InvalidResult(RemoteError):
 
 
 class AlreadyReported(RemoteError):
-    """A match_result for a match whose result was applied before; nothing changed."""
+    """A game-server request for a match whose result was applied before; nothing changed."""
 
     code = "already_reported"
 

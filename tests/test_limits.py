@@ -103,6 +103,37 @@ async def test_unfinished_frame_kicked(start_server: ServerFactory) -> None:
     await client.close()
 
 
+@pytest.mark.parametrize("partial", [b"\x00", b"\x00\x00", b"\x00\x00\x00"], ids=["1 byte", "2 bytes", "3 bytes"])
+async def test_partial_length_prefix_kicked(start_server: ServerFactory, partial: bytes) -> None:
+    # The frame timeout runs from a frame's first byte, so half a length prefix counts.
+    server = await start_server(frame_timeout_ms=300)
+    client = await logged_in(server, "stuck")
+
+    client.writer.write(partial)
+    kicked = await client.recv(timeout=5)
+
+    assert kicked == {"type": "kicked", "reason": "frame_timeout"}
+    await expect_closed(client)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("hello_ms", "frame_ms", "reason"), [(300, 5000, "hello_timeout"), (5000, 300, "frame_timeout")]
+)
+async def test_partial_frame_before_hello(
+    start_server: ServerFactory, hello_ms: int, frame_ms: int, reason: str
+) -> None:
+    # Before hello both deadlines run, and the one that comes first closes the connection.
+    server = await start_server(hello_timeout_ms=hello_ms, frame_timeout_ms=frame_ms)
+    client = await LobbyClient.connect(server.address)
+
+    client.writer.write(b"\x00\x00")
+    kicked = await client.recv(timeout=5)
+
+    assert kicked == {"type": "kicked", "reason": reason}
+    await client.close()
+
+
 async def test_slow_consumer_dropped(start_server: ServerFactory) -> None:
     limit = 64 * 1024
     server = await start_server(max_outgoing_bytes=limit, rate_limit_per_s=1e6, rate_limit_burst=1_000_000)
