@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from lobbyd.client import ClientError, LobbyClient
 from tests.conftest import RunningServer, ServerFactory
@@ -66,6 +67,23 @@ async def test_address_limit_refuses(start_server: ServerFactory) -> None:
         await ping_ok(client)
         await client.close()
     await extra.close()
+
+
+async def test_refusal_logs_peer_as_host_port(start_server: ServerFactory) -> None:
+    server = await start_server(max_connections=1)
+    member = await logged_in(server, "m0")
+
+    with capture_logs() as captured:
+        extra = await LobbyClient.connect(server.address)
+        await extra.request("hello", v=1, player="late")
+        await extra.recv()
+    refused = [entry for entry in captured if entry["event"] == "connection_refused"]
+
+    local_host, local_port = extra.writer.get_extra_info("sockname")[:2]
+    assert len(refused) == 1
+    assert refused[0]["peer"] == f"{local_host}:{local_port}"
+    await extra.close()
+    await member.close()
 
 
 async def test_rate_limit_then_kick(start_server: ServerFactory) -> None:

@@ -18,6 +18,13 @@ FIRST_BYTE_WAIT_S: Final = 1.0
 log = logs.get(__name__)
 
 
+def peer_text(peername: object) -> str:
+    """Return a socket's peer address as "HOST:PORT", the form session log lines use."""
+    if isinstance(peername, tuple):
+        return f"{peername[0]}:{peername[1]}"
+    return str(peername)
+
+
 async def refuse_connection(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reason: str, retry_after_ms: int
 ) -> None:
@@ -29,6 +36,6 @@ async def refuse_connection(
     with contextlib.suppress(Exception):
         codec.next_message()
     error = Error(code=ServerFull.code, message=f"{reason}; retry later", retry_after_ms=retry_after_ms)
-    log.warning("connection_refused", peer=writer.get_extra_info("peername"), reason=reason)
+    log.warning("connection_refused", peer=peer_text(writer.get_extra_info("peername")), reason=reason)
     writer.write(codec.encode(error))
     writer.close()
