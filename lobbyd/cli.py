@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file with the daemon's game_server_secret (default: $LOBBYD_GAME_SERVER_SECRET)",
     )
+    sim.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file with the daemon's auth settings; each bot then logs in with a token minted "
+        "from them, as lobbyd token does (default: no token, for a daemon in development mode)",
+    )
+    sim.add_argument("--private-key", help="PEM Ed25519 or P-256 private key to sign the bots' tokens with")
     sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser
 
