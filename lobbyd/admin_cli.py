@@ -148,7 +148,7 @@ def render(command: str, result: Any) -> str:
     return f"log level: {result['log_level']}"
 
 
-# Fields of admin player that hold Unix times in seconds; the JSON reply keeps them as numbers.
+# Fields of admin player that contain Unix times in seconds. The JSON reply keeps them as numbers.
 _TIME_FIELDS: Final = frozenset({"first_seen", "last_seen"})
 
 

@@ -688,7 +688,7 @@ class BotGaveUp(Exception):
 
 
 class HelloRejected(ClientError):
-    """The server answered hello with an error, whose wire ``code`` this keeps."""
+    """An error reply to hello; ``code`` is its wire error code."""
 
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
