@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# make run CONFIG=path/to/lobbyd.toml starts the daemon with that file.
+CONFIG ?=
 run: $(STAMP)
-	$(BIN)/lobbyd serve
+	$(BIN)/lobbyd serve $(if $(CONFIG),--config "$(CONFIG)")
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -8,6 +8,7 @@ the daemon rejects the command or cannot be reached, and 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import socket
 import sys
@@ -48,7 +49,9 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         path = args.socket or _socket_from_config(args.config)
     except ConfigError as exc:
-        print(f"lobbyd admin: invalid configuration: {exc}", file=sys.stderr)
+        # The same SOURCE:KEY: message lines as check-config.
+        print(exc, file=sys.stderr)
+        print("lobbyd admin: invalid configuration", file=sys.stderr)
         return EXIT_USAGE
     request = _request(args)
     try:
@@ -130,13 +133,28 @@ def render(command: str, result: Any) -> str:
             wait = _seconds(row["oldest_wait_s"])
             rows.append([row["queue"], row["team_count"], row["team_size"], row["players"], wait, row["ready_checks"]])
         return _table(header, rows)
-    if command in ("status", "player"):
-        return _table(["SETTING" if command == "status" else "FIELD", "VALUE"], _pairs(result))
+    if command == "status":
+        return _table(["SETTING", "VALUE"], _pairs(result))
+    if command == "player":
+        shown = dict(result)
+        for key in _TIME_FIELDS & shown.keys():
+            if shown[key] is not None:
+                shown[key] = _utc(shown[key])
+        return _table(["FIELD", "VALUE"], _pairs(shown))
     if command == "kick":
         return f"kicked player {result['player']} (session {result['session']})"
     if command in ("drain", "resume"):
         return "draining: join_queue is rejected" if result["draining"] else "not draining: join_queue is accepted"
     return f"log level: {result['log_level']}"
+
+
+# Fields of admin player that contain Unix times in seconds. The JSON reply keeps them as numbers.
+_TIME_FIELDS: Final = frozenset({"first_seen", "last_seen"})
+
+
+def _utc(unix_time: float) -> str:
+    """Return a Unix time as ISO 8601 in UTC, to the second, such as 2025-01-31T12:00:00Z."""
+    return datetime.datetime.fromtimestamp(unix_time, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pairs(result: dict[str, Any]) -> list[list[Any]]:

@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from lobbyd.errors import ConfigError, InvalidToken
+from lobbyd.errors import ConfigError, InvalidToken, lowercase_start
 from lobbyd.protocol.messages import ID_PATTERN, MAX_ID_LENGTH
 
 DEFAULT_TTL_S: Final = 3600
@@ -100,7 +100,8 @@ class TokenVerifier:
             msg = "token signature does not verify with this server's key"
             raise InvalidToken(msg) from None
         except jwt.PyJWTError as exc:
-            msg = f"token is malformed: {type(exc).__name__}"
+            # PyJWT's messages name the broken part ("Not enough segments"), never its content.
+            msg = f"token is malformed: {lowercase_start(str(exc)) or 'it cannot be decoded'}"
             raise InvalidToken(msg) from None
 
         subject = claims["sub"]
@@ -120,9 +121,13 @@ def mint(settings: AuthSettings, player: str, ttl_s: int = DEFAULT_TTL_S, privat
     if settings.issuer:
         claims["iss"] = settings.issuer
     if private_key_file is not None:
-        key = _read(private_key_file, "private key")
-        private = serialization.load_pem_private_key(key, password=None)
-        algorithm = _algorithm_of(private)
+        key = _read(private_key_file, "--private-key")
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError) as exc:
+            msg = f"--private-key: {private_key_file} is not an unencrypted PEM private key: {exc}"
+            raise ConfigError(msg) from None
+        algorithm = _algorithm_of(private, "--private-key")
         return jwt.encode(claims, private, algorithm=algorithm)  # type: ignore[arg-type]
     secret = _secret(settings)
     if secret is None:
@@ -134,43 +139,46 @@ def mint(settings: AuthSettings, player: str, ttl_s: int = DEFAULT_TTL_S, privat
 def _load_key(settings: AuthSettings) -> tuple[Any, str]:
     secret = _secret(settings)
     if secret is not None and settings.public_key_file:
-        msg = "auth: set either a shared secret or auth_public_key_file, not both"
+        msg = "auth_public_key_file: set either it or a shared secret (auth_secret, auth_secret_file), not both"
         raise ConfigError(msg)
     if secret is not None:
         return secret, "HS256"
     if settings.public_key_file:
-        pem = _read(settings.public_key_file, "public key")
+        pem = _read(settings.public_key_file, "auth_public_key_file")
         try:
             public = serialization.load_pem_public_key(pem)
         except ValueError as exc:
             msg = f"auth_public_key_file: {settings.public_key_file} is not a PEM public key: {exc}"
             raise ConfigError(msg) from None
-        return public, _algorithm_of(public)
+        return public, _algorithm_of(public, "auth_public_key_file")
     return None, ""
 
 
 def _secret(settings: AuthSettings) -> str | None:
     secret = settings.secret or None
+    key = "auth_secret"
     if settings.secret_file:
-        secret = _read(settings.secret_file, "secret").decode().strip()
+        key = "auth_secret_file"
+        secret = _read(settings.secret_file, key).decode().strip()
     if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
-        msg = f"auth secret is {len(secret.encode())} bytes long: use at least {MIN_SECRET_BYTES} random bytes"
+        length = len(secret.encode())
+        msg = f"{key}: the secret is {length} bytes long; use at least {MIN_SECRET_BYTES} random bytes"
         raise ConfigError(msg)
     return secret
 
 
-def _algorithm_of(key: object) -> str:
+def _algorithm_of(key: object, setting: str) -> str:
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
         return "EdDSA"
     if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
         return "ES256"
-    msg = f"auth: unsupported key type {type(key).__name__}: use Ed25519 (EdDSA) or P-256 (ES256)"
+    msg = f"{setting}: unsupported key type {type(key).__name__}: use Ed25519 (EdDSA) or P-256 (ES256)"
     raise ConfigError(msg)
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, setting: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        msg = f"cannot read the {what} file {path}: {exc.strerror}"
+        msg = f"{setting}: cannot read {path}: {exc.strerror}"
         raise ConfigError(msg) from None

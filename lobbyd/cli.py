@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a signed player token for development")
     token.add_argument("--config", type=Path, help="TOML configuration file with the auth settings")
     token.add_argument("--player", required=True, help="player id to put in the token's sub claim")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (default 3600)")
+    token.add_argument(
+        "--ttl", type=_positive_int, default=3600, help="seconds until the token expires, at least 1 (default 3600)"
+    )
     token.add_argument("--private-key", help="PEM Ed25519 or P-256 private key, instead of the HS256 secret")
 
     check = commands.add_parser("check-config", help="check a TOML configuration file and list every problem")
@@ -96,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file with the daemon's game_server_secret (default: $LOBBYD_GAME_SERVER_SECRET)",
     )
+    sim.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file with the daemon's auth settings; each bot then logs in with a token minted "
+        "from them, as lobbyd token does (default: no token, for a daemon in development mode)",
+    )
+    sim.add_argument("--private-key", help="PEM Ed25519 or P-256 private key to sign the bots' tokens with")
     sim.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
 
     from lobbyd.tuning import cli as tuning_cli
@@ -103,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay_help = "run recorded or synthetic queue events through the matchmaker offline and report match quality"
     tuning_cli.add_arguments(commands.add_parser("replay", help=replay_help))
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"expected a whole number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,8 +172,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _print_config_error(exc: ConfigError) -> None:
-    for line in str(exc).splitlines():
-        print(f"lobbyd: invalid configuration: {line}", file=sys.stderr)
+    # The same SOURCE:KEY: message lines as check-config, then what happened.
+    lines = str(exc).splitlines()
+    for line in lines:
+        print(line, file=sys.stderr)
+    count = f"{len(lines)} problem" if len(lines) == 1 else f"{len(lines)} problems"
+    print(f"lobbyd: not started: invalid configuration ({count})", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -172,6 +197,8 @@ def _serve(args: argparse.Namespace) -> int:
     from lobbyd.server import logs
 
     logs.configure(config.log_level, config.log_format)
+    for name in config_module.unknown_environment(os.environ):
+        logs.get("lobbyd.cli").warning("unknown_environment_variable", name=name)
     try:
         import uvloop
 

@@ -8,26 +8,26 @@ value came from and its key, for example
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
-import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from lobbyd.auth import MIN_SECRET_BYTES, AuthSettings, TokenVerifier
-from lobbyd.core.expansion import Expansion, ExpansionStep, step_problem
+from lobbyd.config_queues import QueueConfig, Region, queues_problems
+from lobbyd.config_values import Problem, suggestion, value_problems
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import HostingSettings
 from lobbyd.core.model import LobbySettings, QueueRules
 from lobbyd.core.penalties import PenaltyLadder
 from lobbyd.core.ratings import DEFAULT_ORDINAL_K
 from lobbyd.errors import ConfigError
-from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH, MAX_ROLES
+from lobbyd.protocol.messages import ID_PATTERN, MAX_ADDRESS_LENGTH, MAX_ID_LENGTH
 
 # 7847 is registered to no common service and is unprivileged.
 DEFAULT_PORT: Final = 7847
@@ -35,63 +35,6 @@ ENV_PREFIX: Final = "LOBBYD_"
 
 Milliseconds = Annotated[int, msgspec.Meta(ge=1, le=86_400_000)]
 Bytes = Annotated[int, msgspec.Meta(ge=1, le=2**31)]
-Region = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
-RoleName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
-
-
-class StepConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """One expansion step: from ``after_s`` seconds of wait on, ``limit`` applies. Without ``limit`` there is none."""
-
-    after_s: Annotated[float, msgspec.Meta(ge=0)]
-    limit: Annotated[float, msgspec.Meta(ge=0)] | None = None
-
-
-class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """One queue: how many teams of how many players, and how the rating window grows."""
-
-    team_count: Annotated[int, msgspec.Meta(ge=2, le=64)] = 2
-    team_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    window_start: Annotated[float, msgspec.Meta(ge=0)] = 50.0
-    window_growth: Annotated[float, msgspec.Meta(ge=0)] = 10.0
-    window_max: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
-    window_uncertainty: Annotated[float, msgspec.Meta(ge=0)] = 1.0
-    """Extra window per point of the anchor's sigma, in rating points."""
-    region: Region = "default"
-    """Region whose game servers host this queue's matches."""
-
-    rating_steps: list[StepConfig] | None = None
-    """Rating gap steps, in points, by the anchor's wait. When set, they replace the window_* ramp."""
-
-    party_sizes: list[Annotated[int, msgspec.Meta(ge=1, le=64)]] = msgspec.field(default_factory=lambda: [1])
-    """Party sizes that may queue, each at most team_size; 1 lets solo players queue."""
-
-    max_premade_gap: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
-    """Largest difference between the biggest party on any two teams; unset, no cap."""
-
-    roles: list[RoleName] = msgspec.field(default_factory=list)
-    """Positions of a team, one player each; as many as team_size, at most 7. Empty: no roles."""
-
-    autofill_after_s: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    """Seconds a player waits before they may get a role they did not list; unset, never."""
-
-    latency_steps: list[StepConfig] | None = None
-    """Round-trip latency limit steps, in milliseconds, by the anchor's wait. When set,
-    each match is hosted in the region its players' reported latencies pick."""
-
-    regions: list[Region] = msgspec.field(default_factory=list)
-    """Regions a latency queue may host matches in; empty allows any region players report."""
-
-    def rating_expansion(self) -> Expansion | None:
-        return _expansion(self.rating_steps)
-
-    def latency_expansion(self) -> Expansion | None:
-        return _expansion(self.latency_steps)
-
-
-def _expansion(steps: list[StepConfig] | None) -> Expansion | None:
-    if steps is None:
-        return None
-    return Expansion(tuple(ExpansionStep(step.after_s, step.limit) for step in steps))
 
 
 class StaticGameServer(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -360,7 +303,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 # Tables and lists come only from the TOML file.
 _TABLE_KEYS: Final = ("queues", "static_game_servers", "dodge_lockouts_s")
 _SCALAR_KEYS: Final = tuple(name for name in Config.__struct_fields__ if name not in _TABLE_KEYS)
-_QUEUE_NAME = re.compile(ID_PATTERN)
+ENVIRONMENT: Final = "environment"
+COMMAND_LINE: Final = "command line"
+# Settings that lobbyd serve takes as flags, by key.
+_FLAGS: Final = {"listen": "--listen", "data_dir": "--data-dir"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -384,6 +330,22 @@ class InvalidConfig(ConfigError):
         self.problems = problems
 
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """One layer of settings: a file's path, the environment or the command line."""
+
+    name: str
+    settings: dict[str, Any]
+
+    def locate(self, key: str) -> str:
+        """Return ``SOURCE:KEY`` in the form the operator wrote the key in this source."""
+        if self.name == ENVIRONMENT:
+            return f"{self.name}:{ENV_PREFIX}{key.upper()}"
+        if self.name == COMMAND_LINE and key in _FLAGS:
+            return f"{self.name}:{_FLAGS[key]}"
+        return f"{self.name}:{key}"
+
+
 def load(
     path: Path | None = None,
     *,
@@ -393,59 +355,59 @@ def load(
     """Build the configuration from the defaults, ``path``, ``environ`` and ``overrides``.
 
     Raises ``InvalidConfig`` listing every problem of every source, not just the first.
+    Besides each value, this checks the rules that span settings, and that the key
+    files exist and hold a usable key.
     """
-    layers: list[tuple[str, dict[str, Any]]] = []
+    environ = os.environ if environ is None else environ
+    sources: list[_Source] = []
     if path is not None:
-        layers.append((str(path), _read_toml(path)))
-    env = _from_environ(os.environ if environ is None else environ)
-    if env:
-        layers.append(("environment", env))
-    if overrides:
-        layers.append(("command line", dict(overrides)))
+        sources.append(_Source(str(path), _read_toml(path)))
+    sources.append(_Source(ENVIRONMENT, _from_environ(environ)))
+    sources.append(_Source(COMMAND_LINE, dict(overrides or {})))
+
+    problems = [f"{_Source(ENVIRONMENT, {}).locate(key)}: {message}" for key, message in _environ_problems(environ)]
+    merged: dict[str, Any] = {}
+    invalid: set[str] = set()
+    for source in sources:
+        for key, value in source.settings.items():
+            found = _setting_problems(key, value)
+            problems += [f"{source.locate(where)}: {message}" for where, message in found]
+            if found:
+                invalid.add(key)
+            else:
+                invalid.discard(key)
+                merged[key] = value
 
     # Rules between settings are checked on the valid settings alone, so that they
     # are reported alongside the bad values rather than after those are fixed.
-    problems: list[str] = []
-    merged: dict[str, Any] = {}
-    for source, raw in layers:
-        layer_problems, valid = _layer_problems(raw, source)
-        problems += layer_problems
-        merged.update(valid)
     config = _convert(merged)
-    problems += [f"{_source_of(key, layers)}:{key}: {message}" for key, message in _cross_problems(config)]
+    for key, message in _cross_problems(config, invalid, _queue_names(config, sources)):
+        problems.append(f"{_source_of(key, sources).locate(key)}: {message}")
     if problems:
         raise InvalidConfig(problems)
     return config
 
 
 def check_file(path: Path) -> list[str]:
-    """Return every problem of the TOML file at ``path`` alone, as ``FILE:KEY: message`` lines.
-
-    Besides each value, this checks what the daemon checks at start: the rules that
-    span settings, and that the auth key files exist and hold a usable key.
-    """
+    """Return every problem of the TOML file at ``path`` alone, as ``FILE:KEY: message`` lines."""
     try:
-        config = load(path, environ={})
+        load(path, environ={})
     except InvalidConfig as exc:
         return exc.problems
     except ConfigError as exc:
         return [str(exc)]
-    try:
-        TokenVerifier(config.auth_settings())
-    except ConfigError as exc:
-        return [f"{path}:{_with_auth_key(str(exc), config)}"]
     return []
 
 
-def _with_auth_key(message: str, config: Config) -> str:
-    """Prefix an auth error with the setting it concerns, unless it names one already."""
-    named, sep, _ = message.partition(": ")
-    if sep and named in Config.__struct_fields__:
-        return message
-    for key in ("auth_secret_file", "auth_secret", "auth_public_key_file"):
-        if getattr(config, key):
-            return f"{key}: {message}"
-    return f"auth_required: {message}"
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """Return the ``LOBBYD_*`` variable names that name no setting, sorted.
+
+    They are only warned about, unlike unknown keys in the file: the environment is
+    shared with other programs, and the test and benchmark tools read their own
+    ``LOBBYD_TEST_*`` and ``LOBBYD_BENCH_*`` variables from it.
+    """
+    known = {ENV_PREFIX + key.upper() for key in Config.__struct_fields__}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -473,125 +435,26 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def _layer_problems(raw: Mapping[str, Any], source: str) -> tuple[list[str], dict[str, Any]]:
-    """Check each setting of one source on its own, so that one bad value hides no other.
-
-    Returns the problems and the settings that passed.
-    """
-    problems = []
-    valid = {}
-    for key, value in raw.items():
-        if key == "queues":
-            found = [f"{source}:{problem}" for problem in _queues_problems(value)]
-        elif key not in Config.__struct_fields__:
-            found = [f"{source}:{key}: unknown setting{_suggestion(key, _SCALAR_KEYS)}"]
-        else:
-            found = _value_problems(source, key, value, Config, "")
-        problems += found
-        if not found:
-            valid[key] = value
-    return problems, valid
+def _environ_problems(environ: Mapping[str, str]) -> list[Problem]:
+    """Return a problem for each table setting given in the environment, which cannot hold one."""
+    return [
+        (key, "can be set only in the TOML file, not in the environment")
+        for key in _TABLE_KEYS
+        if ENV_PREFIX + key.upper() in environ
+    ]
 
 
-def _value_problems(source: str, key: str, value: Any, struct: type[Any], prefix: str) -> list[str]:
-    # strict=False lets "500" from an environment variable become the int 500.
-    try:
-        converted = msgspec.convert({key: value}, struct, strict=False)
-    except msgspec.ValidationError as exc:
-        return [f"{source}:{_explain(str(exc), prefix)}"]
-    check = _TEXT_CHECKS.get(key) if struct is Config else None
-    if check is None:
-        return []
-    return [f"{source}:{key}: {message}" for message in check(getattr(converted, key))]
-
-
-def _queues_problems(queues: object) -> list[str]:
-    if not isinstance(queues, dict):
-        return [f"queues: expected a table of queues, got {type(queues).__name__}"]
-    if not queues:
-        return ["queues: at least one queue is required"]
-    problems = []
-    for name, table in queues.items():
-        problems += _queue_problems(str(name), table)
-    return problems
-
-
-def _queue_problems(name: str, table: object) -> list[str]:
-    key = f"queues.{name}"
-    problems = []
-    if len(name) > MAX_ID_LENGTH or not _QUEUE_NAME.match(name):
-        problems.append(f"{key}: a queue name is 1 to {MAX_ID_LENGTH} of A-Z a-z 0-9 _ . -")
-    if not isinstance(table, dict):
-        return [*problems, f"{key}: expected a table, got {type(table).__name__}"]
-    field_problems = []
-    for field, value in table.items():
-        if field not in QueueConfig.__struct_fields__:
-            hint = _suggestion(field, QueueConfig.__struct_fields__)
-            field_problems.append(f"{key}.{field}: unknown queue setting{hint}")
-        else:
-            field_problems += [p.removeprefix(":") for p in _value_problems("", field, value, QueueConfig, key)]
-    problems += field_problems
-    if field_problems:
-        return problems
-    queue = msgspec.convert(table, QueueConfig, strict=False)
-    if queue.window_max < queue.window_start:
-        problems.append(f"{key}.window_max: {queue.window_max} is below window_start ({queue.window_start})")
-    problems += _steps_problems(f"{key}.rating_steps", queue.rating_steps)
-    too_big = [size for size in queue.party_sizes if size > queue.team_size]
-    if too_big:
-        problems.append(f"{key}.party_sizes: {too_big} exceed team_size ({queue.team_size}); a party plays on one team")
-    if not queue.party_sizes:
-        problems.append(f"{key}.party_sizes: at least one party size is required; [1] lets solo players queue")
-    problems += _roles_problems(key, queue)
-    problems += _steps_problems(f"{key}.latency_steps", queue.latency_steps)
-    problems += _regions_problems(key, queue)
-    return problems
-
-
-def _roles_problems(key: str, queue: QueueConfig) -> list[str]:
-    problems = []
-    roles = queue.roles
-    if roles and len(roles) != queue.team_size:
-        count = len(roles)
-        problems.append(f"{key}.roles: {count} roles for team_size {queue.team_size}; a team has one player per role")
-    if len(roles) > MAX_ROLES:
-        problems.append(f"{key}.roles: {len(roles)} roles is more than the {MAX_ROLES} a queue may have")
-    repeated = sorted({role for role in roles if roles.count(role) > 1})
-    if repeated:
-        problems.append(f"{key}.roles: {repeated[0]!r} is listed more than once")
-    if queue.autofill_after_s is not None and not roles:
-        problems.append(f"{key}.autofill_after_s: the queue has no roles to autofill; set roles or remove it")
-    return problems
-
-
-def _regions_problems(key: str, queue: QueueConfig) -> list[str]:
-    problems = []
-    if queue.regions and queue.latency_steps is None:
-        problems.append(f"{key}.regions: only a queue with latency_steps picks a region per match; set latency_steps")
-    repeated = sorted({region for region in queue.regions if queue.regions.count(region) > 1})
-    if repeated:
-        problems.append(f"{key}.regions: {repeated[0]!r} is listed more than once")
-    return problems
-
-
-def _steps_problems(key: str, steps: list[StepConfig] | None) -> list[str]:
-    if steps is None:
-        return []
-    problem = step_problem([ExpansionStep(step.after_s, step.limit) for step in steps])
-    if problem is None:
-        return []
-    if problem.startswith("["):
-        return [f"{key}{problem}"]
-    return [f"{key}: {problem}"]
-
-
-def _suggestion(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _setting_problems(key: str, value: Any) -> list[Problem]:
+    """Return the problems of one top-level setting on its own, so that one bad value hides no other."""
+    if key == "queues":
+        return queues_problems(value)
+    if key not in Config.__struct_fields__:
+        return [(key, f"unknown setting{suggestion(key, _SCALAR_KEYS)}")]
+    return value_problems(key, value, Config, text_checks=_TEXT_CHECKS)
 
 
 def _convert(raw: Mapping[str, Any]) -> Config:
-    """Build a Config from settings that each passed ``_layer_problems``."""
+    """Build a Config from settings that each passed ``_setting_problems``."""
     settings = dict(raw)
     queues = settings.pop("queues", None)
     config = msgspec.convert(settings, Config, strict=False)
@@ -601,74 +464,127 @@ def _convert(raw: Mapping[str, Any]) -> Config:
     return msgspec.structs.replace(config, queues=converted)
 
 
-def _source_of(key: str, layers: list[tuple[str, dict[str, Any]]]) -> str:
-    """Name the last source that set ``key``, where a rule between settings broke."""
+def _queue_names(config: Config, sources: list[_Source]) -> set[str]:
+    """Return the names of the configured queues, including those with bad fields."""
+    written = _source_of("queues", sources).settings.get("queues")
+    if isinstance(written, dict):
+        return {str(name) for name in written}
+    return set(config.queues)
+
+
+def _source_of(key: str, sources: list[_Source]) -> _Source:
+    """Return the last source that set ``key``, where a rule between settings broke."""
     top = key.split(".")[0].split("[")[0]
-    for name, settings in layers[::-1]:
-        if top in settings:
-            return name
-    return "defaults"
+    for source in sources[::-1]:
+        if top in source.settings:
+            return source
+    return _Source("defaults", {})
 
 
-def _explain(message: str, prefix: str) -> str:
-    """Rewrite msgspec's "Expected ... - at `$.key`" as "key: expected ..."."""
-    text, sep, path = message.rpartition(" - at `$")
-    key = prefix
-    if sep:
-        key = f"{prefix}{path.rstrip('`')}".lstrip(".")
-        message = text
-    elif message.startswith("Object contains unknown field `"):
-        field = message.split("`")[1]
-        key = f"{prefix}.{field}".lstrip(".")
-        message = "unknown setting"
-    return f"{key}: {message[:1].lower() + message[1:]}"
+def _cross_problems(config: Config, invalid: set[str], queue_names: set[str]) -> list[Problem]:
+    """Return a problem for each rule between settings that fails.
 
-
-def _cross_problems(config: Config) -> list[tuple[str, str]]:
-    """Return (key, message) for each rule between settings that fails."""
+    A rule that reads a setting in ``invalid`` is skipped: that setting's default
+    would stand in for it and could report a problem that is not there. Static
+    servers are checked against ``queue_names``, the queues the operator wrote,
+    even when some of those queues have bad fields.
+    """
     problems = []
-    if config.heartbeat_timeout_ms <= config.heartbeat_interval_ms:
-        problems.append(
-            (
-                "heartbeat_timeout_ms",
-                f"{config.heartbeat_timeout_ms} must be greater than heartbeat_interval_ms "
-                f"({config.heartbeat_interval_ms}), or idle clients are cut off",
-            )
-        )
-    if config.cluster == "redis" and config.store != "postgres":
-        problems.append(
-            (
-                "cluster",
-                f'"redis" needs store = "postgres", got {config.store!r}: '
-                "the nodes of a cluster must share one durable store",
-            )
-        )
-    problems += _static_server_problems(config)
-    try:
-        config.hosting_settings()
-    except ConfigError as exc:
-        key, _, message = str(exc).partition(": ")
-        problems.append((key, message))
+    for keys, rule in _CROSS_RULES:
+        if not keys & invalid:
+            problems += rule(config)
+    if "static_game_servers" not in invalid:
+        problems += _static_server_problems(config.static_game_servers, queue_names)
     return problems
 
 
-def _static_server_problems(config: Config) -> list[tuple[str, str]]:
+def _heartbeat_problems(config: Config) -> list[Problem]:
+    if config.heartbeat_timeout_ms > config.heartbeat_interval_ms:
+        return []
+    message = (
+        f"{config.heartbeat_timeout_ms} must be greater than heartbeat_interval_ms "
+        f"({config.heartbeat_interval_ms}), or idle clients are cut off"
+    )
+    return [("heartbeat_timeout_ms", message)]
+
+
+def _cluster_problems(config: Config) -> list[Problem]:
+    if config.cluster != "redis" or config.store == "postgres":
+        return []
+    message = (
+        f'"redis" needs store = "postgres", got {config.store!r}: the nodes of a cluster must share one durable store'
+    )
+    return [("cluster", message)]
+
+
+def _static_server_problems(servers: list[StaticGameServer], queue_names: set[str]) -> list[Problem]:
     problems = []
     addresses: set[str] = set()
-    for index, entry in enumerate(config.static_game_servers):
+    for index, entry in enumerate(servers):
         where = f"static_game_servers[{index}]"
         try:
             parse_listen(entry.address)
         except ConfigError:
             problems.append((f"{where}.address", f"expected HOST:PORT, got {entry.address!r}"))
-            continue
         if entry.address in addresses:
             problems.append((f"{where}.address", f"{entry.address} is listed twice"))
         addresses.add(entry.address)
-        unknown = sorted(set(entry.queues) - set(config.queues))
-        if unknown or not entry.queues:
-            problems.append((f"{where}.queues", f"expected names of configured queues, got {entry.queues!r}"))
+        unknown = sorted(set(entry.queues) - queue_names)
+        if unknown:
+            message = f"{unknown} are not configured queues; configured: {sorted(queue_names)}"
+            problems.append((f"{where}.queues", message))
+        if not entry.queues:
+            problems.append((f"{where}.queues", "at least one queue is required"))
     return problems
+
+
+def _secret_problems(config: Config) -> list[Problem]:
+    """Return a problem for each game-server secret that is unreadable, too short or missing."""
+    problems = []
+    for key in ("game_server_secret", "join_ticket_secret"):
+        try:
+            _read_secret(key, getattr(config, key), getattr(config, f"{key}_file"))
+        except ConfigError as exc:
+            problems.append(_split_problem(exc))
+    registers = bool(config.game_server_secret or config.game_server_secret_file)
+    has_ticket_key = bool(config.join_ticket_secret or config.join_ticket_secret_file)
+    if (registers or config.static_game_servers) and not has_ticket_key:
+        problems.append(("join_ticket_secret", "game servers are configured, so a join ticket key is required"))
+    return problems
+
+
+def _auth_problems(config: Config) -> list[Problem]:
+    try:
+        TokenVerifier(config.auth_settings())
+    except ConfigError as exc:
+        return [_split_problem(exc)]
+    return []
+
+
+def _split_problem(exc: ConfigError) -> Problem:
+    """Split a ``KEY: message`` error into its key and message."""
+    key, _, message = str(exc).partition(": ")
+    return key, message
+
+
+_AUTH_KEYS: Final = frozenset(name for name in Config.__struct_fields__ if name.startswith("auth_"))
+_SECRET_SETTINGS: Final = frozenset(
+    {
+        "game_server_secret",
+        "game_server_secret_file",
+        "join_ticket_secret",
+        "join_ticket_secret_file",
+        "static_game_servers",
+    }
+)
+
+# Rules between settings: the settings each reads, and the check.
+_CROSS_RULES: Final[tuple[tuple[frozenset[str], Callable[[Config], list[Problem]]], ...]] = (
+    (frozenset({"heartbeat_timeout_ms", "heartbeat_interval_ms"}), _heartbeat_problems),
+    (frozenset({"cluster", "store"}), _cluster_problems),
+    (_SECRET_SETTINGS, _secret_problems),
+    (_AUTH_KEYS, _auth_problems),
+)
 
 
 def _read_secret(key: str, value: str | None, path: str | None) -> bytes | None:

@@ -144,7 +144,7 @@ class InvalidResult(RemoteError):
 
 
 class AlreadyReported(RemoteError):
-    """A match_result for a match whose result was applied before; nothing changed."""
+    """A game-server request for a match whose result was applied before; nothing changed."""
 
     code = "already_reported"
 
@@ -245,3 +245,14 @@ ERROR_CODES: tuple[str, ...] = (
 
 class StartupError(LobbydError):
     """The daemon cannot start: a listener cannot bind or a passed socket is unusable."""
+
+
+def lowercase_start(message: str) -> str:
+    """Lowercase the first letter of a library's message, so that it reads on after a colon.
+
+    A first word in capitals, such as "JSON" or "MessagePack", keeps its case.
+    """
+    first_word = message.split(" ", 1)[0]
+    if any(letter.isupper() for letter in first_word[1:]):
+        return message
+    return message[:1].lower() + message[1:]

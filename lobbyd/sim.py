@@ -49,6 +49,8 @@ from typing import Any, Final
 import msgspec
 import uvloop
 
+from lobbyd import config as config_module
+from lobbyd.auth import AuthSettings, mint
 from lobbyd.client import ClientError, LobbyClient
 from lobbyd.config import parse_listen
 from lobbyd.core.ratings import INITIAL_MU, INITIAL_SIGMA
@@ -120,6 +122,10 @@ class SimOptions:
     rounds: int = 1
     match_seconds: float = 3.0
     game_server_secret: str | None = None
+    auth: AuthSettings | None = None
+    """Auth settings of the daemon, to mint each bot a token; None sends no token."""
+    private_key: str | None = None
+    """PEM private key file to sign tokens with instead of the HS256 secret of ``auth``."""
 
     @property
     def league(self) -> bool:
@@ -219,6 +225,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if problem:
         print(f"lobbyd sim: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    auth, problem = _auth_settings(args)
+    if problem:
+        print(f"lobbyd sim: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     options = SimOptions(
         address=args.connect,
         players=args.players,
@@ -233,6 +243,8 @@ def run_cli(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         match_seconds=args.match_seconds,
         game_server_secret=secret,
+        auth=auth,
+        private_key=args.private_key,
     )
     try:
         report = uvloop.run(run_sim(options))
@@ -269,6 +281,23 @@ def _check_args(args: argparse.Namespace) -> str | None:
     if args.match_seconds < 0:
         return f"--match-seconds must be 0 or more, got {args.match_seconds}"
     return None
+
+
+def _auth_settings(args: argparse.Namespace) -> tuple[AuthSettings | None, str | None]:
+    """Return (the auth settings bots mint tokens with, None), or (None, the problem).
+
+    Without --config and --private-key the bots send no token, as for a daemon in
+    development mode.
+    """
+    if args.config is None and args.private_key is None:
+        return None, None
+    try:
+        settings = config_module.load(args.config).auth_settings()
+        # Minting one token up front reports a missing or unusable key before any bot starts.
+        mint(settings, "sim-key-check", 1, args.private_key)
+    except ConfigError as exc:
+        return None, str(exc)
+    return settings, None
 
 
 def _game_server_secret(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -485,6 +514,10 @@ class Bot:
             await self.sim.pacer.wait()
             try:
                 client = await self._log_in()
+            except HelloRejected as exc:
+                self.sim.server_errors[exc.code] += 1
+                self._give_up(f"login failed: {exc}")
+                return
             except CONNECTION_ERRORS as exc:
                 self._give_up(f"login failed: {str(exc) or type(exc).__name__}")
                 return
@@ -496,7 +529,7 @@ class Bot:
     async def _log_in(self) -> LobbyClient:
         client = await LobbyClient.connect(self.options.address, source=self.source)
         try:
-            welcome = await _hello(client, self.result.player)
+            welcome = await _hello(client, self.result.player, self._token())
         except BaseException:
             await client.close()
             raise
@@ -505,6 +538,13 @@ class Bot:
         self.join_rid = None
         self._set_state(BotState.IDLE)
         return client
+
+    def _token(self) -> str | None:
+        if self.options.auth is None:
+            return None
+        # Valid for the whole run, with a minute to spare for the last reconnect.
+        ttl = math.ceil(self.options.timeout) + 60
+        return mint(self.options.auth, self.result.player, ttl, self.options.private_key)
 
     async def _play_session(self, client: LobbyClient) -> bool:
         """Play one connection; return True when the bot is finished with the run."""
@@ -651,13 +691,25 @@ class BotGaveUp(Exception):
     """The server rejected the bot's queue entry, so retrying cannot help."""
 
 
-async def _hello(client: LobbyClient, player: str) -> dict[str, Any]:
-    """Log in as ``player`` and return the welcome; raise ``ClientError`` with the server's error."""
-    await client.request("hello", v=PROTOCOL_VERSION, player=player)
+class HelloRejected(ClientError):
+    """An error reply to hello; ``code`` is its wire error code."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _hello(client: LobbyClient, player: str, token: str | None) -> dict[str, Any]:
+    """Log in as ``player`` and return the welcome; raise ``HelloRejected`` with the server's error."""
+    fields: dict[str, Any] = {"v": PROTOCOL_VERSION, "player": player}
+    if token is not None:
+        fields["token"] = token
+    await client.request("hello", **fields)
     reply = await client.recv()
     if reply.get("type") != "welcome":
-        msg = f"hello was rejected with {reply.get('code') or reply.get('type')}: {reply.get('message')}"
-        raise ClientError(msg)
+        code = str(reply.get("code") or reply.get("type"))
+        msg = f"hello was rejected with {code}: {reply.get('message')}"
+        raise HelloRejected(msg, code)
     return reply
 
 

@@ -353,6 +353,18 @@ def test_render_status_flattens() -> None:
     ]
 
 
+def test_render_player_times_in_utc() -> None:
+    text = render("player", {"player": "p1", "first_seen": 1_735_689_600.75, "last_seen": None, "rating": 1500})
+
+    assert text.splitlines() == [
+        "FIELD       VALUE",
+        "player      p1",
+        "first_seen  2025-01-01T00:00:00Z",
+        "last_seen   -",
+        "rating      1500",
+    ]
+
+
 def test_socket_mode_survives_umask(tmp_path: Path) -> None:
     previous = os.umask(0)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,14 @@ def test_garbage_token_rejected(verifier: TokenVerifier) -> None:
     assert "malformed" in rejection(verifier, "not.a.jwt")
 
 
+@pytest.mark.parametrize("token", ["not.a.jwt", "nodots", "a.b", "\u00ff.\u00fe.x"])
+def test_malformed_token_message_plain(verifier: TokenVerifier, token: str) -> None:
+    message = rejection(verifier, token)
+
+    assert message.startswith("token is malformed: ")
+    assert "Error" not in message
+
+
 def test_issuer_checked_when_set() -> None:
     strict = TokenVerifier(AuthSettings(secret=SECRET, issuer="accounts.example"))
     assert strict.verify(hs256(iss="accounts.example"), "alice") == "alice"
@@ -121,8 +131,35 @@ def test_public_key_verifies(tmp_path: Path, curve: str) -> None:
 
 
 def test_short_secret_refused() -> None:
-    with pytest.raises(ConfigError, match="at least 32"):
+    with pytest.raises(ConfigError, match=r"^auth_secret: the secret is 5 bytes long; use at least 32"):
         TokenVerifier(AuthSettings(secret="short"))
+
+
+def test_short_secret_file_named(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("short\n")
+
+    with pytest.raises(ConfigError, match=r"^auth_secret_file: the secret is 5 bytes long"):
+        TokenVerifier(AuthSettings(secret_file=str(secret_file)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ttl", ["-5", "0", "soon"])
+def test_token_command_rejects_bad_ttl(tmp_path: Path, ttl: str) -> None:
+    config_file = tmp_path / "lobbyd.toml"
+    config_file.write_text(f'auth_secret = "{SECRET}"\n')
+
+    done = subprocess.run(
+        [sys.executable, "-m", "lobbyd", "token", "--config", str(config_file), "--player", "p1", "--ttl", ttl],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "--ttl" in done.stderr
 
 
 def test_required_without_key_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -52,7 +53,7 @@ CLIENT_CASES: list[tuple[dict[str, Any], m.ClientMessage]] = [
     ({"type": "decline", "match": "m-1"}, m.Decline(match="m-1")),
     ({"type": "get_profile", "rid": 6}, m.GetProfile(rid=6)),
     ({"type": "get_history"}, m.GetHistory()),
-    ({"type": "get_history", "limit": 100}, m.GetHistory(limit=100)),
+    ({"type": "get_history", "limit": 100}, m.GetHistory(requested_limit=100)),
     ({"type": "create_party"}, m.CreateParty()),
     ({"type": "invite_to_party", "player": "bob", "rid": 2}, m.InviteToParty(player="bob", rid=2)),
     ({"type": "join_party", "party": "party1"}, m.JoinParty(party="party1")),
@@ -235,6 +236,105 @@ def test_unknown_extra_fields_ignored(frame: FrameEncoder) -> None:
         "z": "x",
     }
     assert feed([frame(value)]) == [m.JoinQueue(queue="1v1", rid=3)]
+
+
+# A value for each required field of a client message, by its wire name.
+REQUIRED_SAMPLES: dict[str, Any] = {
+    "v": 1,
+    "player": "p1",
+    "queue": "1v1",
+    "match": "m1",
+    "party": "party1",
+    "server": "gs-1",
+    "secret": "s",
+    "address": "127.0.0.1:7777",
+    "capacity": 4,
+    "queues": ["1v1"],
+}
+
+
+def optional_fields() -> list[tuple[type[m.ClientMessage], str]]:
+    """Return (message class, wire name) of every optional field of every client message."""
+    found = []
+    for cls in typing.get_args(m.ClientMessage):
+        for field in msgspec.structs.fields(cls):
+            if not field.required:
+                found.append((cls, field.encode_name))
+    return found
+
+
+def minimal_map(cls: type[m.ClientMessage]) -> dict[str, Any]:
+    value = {"type": cls.__struct_config__.tag}
+    for field in msgspec.structs.fields(cls):
+        if field.required:
+            value[field.encode_name] = REQUIRED_SAMPLES[field.encode_name]
+    return value
+
+
+@both_framings
+@pytest.mark.parametrize(
+    ("cls", "name"), optional_fields(), ids=[f"{cls.__struct_config__.tag}.{name}" for cls, name in optional_fields()]
+)
+def test_null_optional_field_means_absent(frame: FrameEncoder, cls: type[m.ClientMessage], name: str) -> None:
+    absent = minimal_map(cls)
+
+    with_null = feed([frame({**absent, name: None})])
+
+    assert with_null == feed([frame(absent)])
+    assert type(with_null[0]) is cls
+
+
+def test_null_history_limit_is_default() -> None:
+    assert feed([json_line({"type": "get_history", "limit": None})]) == [m.GetHistory()]
+    assert m.GetHistory().limit == m.DEFAULT_HISTORY
+    assert m.GetHistory(requested_limit=3).limit == 3
+
+
+@both_framings
+@pytest.mark.parametrize("character", ["\x00", "\n", "\r", "\x1b", "\x7f", "\x85"], ids=repr)
+def test_hello_name_rejects_control_character(frame: FrameEncoder, character: str) -> None:
+    codec = Codec()
+    codec.receive_data(frame({"type": "hello", "v": 1, "player": "a", "name": f"x{character}y", "rid": 2}))
+
+    raised = expect_error(codec, InvalidField)
+
+    assert f"U+{ord(character):04X}" in raised.message
+    assert "`name`" in raised.message
+    assert raised.rid == 2
+
+
+@both_framings
+def test_hello_name_accepts_printable_unicode(frame: FrameEncoder) -> None:
+    hello = {"type": "hello", "v": 1, "player": "a", "name": "José 雪 ☃ tab-less"}
+
+    assert feed([frame(hello)]) == [m.Hello(v=1, player="a", name="José 雪 ☃ tab-less")]
+
+
+@pytest.mark.parametrize("key", [1, b"x", 2.5], ids=repr)
+def test_non_string_key_named_plainly(key: Any) -> None:
+    codec = Codec()
+    codec.receive_data(binary_frame({"type": "ping", key: 1, "rid": 3}))
+
+    raised = expect_error(codec, InvalidField)
+
+    assert raised.message.startswith("invalid 'ping' message: every map key must be a string, got a key of type ")
+    assert raised.rid == 3
+
+
+def test_library_message_keeps_capitals() -> None:
+    binary = Codec()
+    binary.receive_data(b"\x00\x00\x00\x02\xc1\xc1")
+    json = Codec()
+    json.receive_data(b'{"type":"ping",1}\n')
+
+    assert str(expect_broken_error(binary)).startswith("frame is not valid msgpack: MessagePack data is malformed")
+    assert str(expect_broken_error(json)).startswith("frame is not valid JSON: JSON is malformed")
+
+
+def expect_broken_error(codec: Codec) -> BadFrame:
+    with pytest.raises(BadFrame) as caught:
+        codec.next_message()
+    return caught.value
 
 
 def test_json_crlf_and_empty_lines() -> None:

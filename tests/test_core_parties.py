@@ -164,6 +164,41 @@ def test_party_full_at_largest_queue_size() -> None:
         lobby.parties.invite(session("ann"), "dan", 1.0)
 
 
+def test_party_full_message_names_largest_size() -> None:
+    lobby = new_lobby()
+    party_of(lobby, "ann", "ben", "cat")
+    login(lobby, "dan")
+
+    with pytest.raises(PartyFull) as caught:
+        lobby.parties.invite(session("ann"), "dan", 1.0)
+
+    assert caught.value.message == "party 'party1' has 3 members, the largest party any queue takes"
+
+
+def test_party_full_without_party_queues() -> None:
+    solo = QueueRules("solo", team_count=2, team_size=1, window_start=1000.0)
+    lobby = Lobby({"solo": solo}, SETTINGS, match_ids())
+    party_of(lobby, "ann")
+    login(lobby, "ben")
+
+    with pytest.raises(PartyFull) as caught:
+        lobby.parties.invite(session("ann"), "ben", 1.0)
+
+    assert caught.value.message.startswith("party 'party1' has 1 member and cannot grow: no queue takes parties of 2")
+    assert "party_sizes" in caught.value.message
+
+
+def test_solo_queue_rejects_party_plainly() -> None:
+    solo = QueueRules("solo", team_count=2, team_size=2, window_start=1000.0)
+    lobby = Lobby({"solo": solo, "squad": SQUAD}, SETTINGS, match_ids())
+    party_of(lobby, "ann", "ben")
+
+    with pytest.raises(InvalidPartySize) as caught:
+        lobby.join_queue(session("ann"), "solo", 1.0)
+
+    assert caught.value.message == "queue 'solo' takes solo players only, not parties of 2 players"
+
+
 def test_leader_leaving_hands_over() -> None:
     lobby = new_lobby()
     party = party_of(lobby, "ann", "ben", "cat")
@@ -246,7 +281,7 @@ def test_party_size_must_be_allowed() -> None:
     lobby = new_lobby()
     party_of(lobby, "ann", "ben", "cat")
 
-    with pytest.raises(InvalidPartySize, match=r"takes parties of 1, 2 players, not 3"):
+    with pytest.raises(InvalidPartySize, match=r"takes parties of 1 or 2 players, not 3"):
         lobby.join_queue(session("ann"), "squad", 1.0)
 
 

@@ -127,6 +127,20 @@ def test_second_decline_locks_out() -> None:
     assert lobby.players["a"].place is Place.IDLE
 
 
+def test_lockout_after_expiries_message() -> None:
+    # Missed ready checks lock a player out as declines do, and the message must fit both.
+    lobby = penalised_lobby()
+    propose_duel(lobby, 0.0)
+    lobby.tick(10.0)
+    propose_duel(lobby, 20.0)
+    lobby.tick(30.0)
+
+    with pytest.raises(QueueLocked) as caught:
+        lobby.join_queue(session("a"), "duel", 31.0)
+
+    assert caught.value.message.startswith("player 'a' declined or missed too many matches and may not queue for ")
+
+
 def test_lockout_ends_on_time() -> None:
     lobby = penalised_lobby()
     login(lobby, "a")

@@ -149,6 +149,25 @@ async def test_hosted_match_full_cycle(start_server: ServerFactory, connect: Cli
     assert (await alice.recv_type("queued", "error"))["type"] == "queued"
 
 
+@pytest.mark.parametrize(
+    ("request_type", "fields"),
+    [("allocated", {}), ("allocation_refused", {"reason": "late"}), ("release_player", {"player": "alice"})],
+)
+async def test_request_after_result_already_reported(
+    start_server: ServerFactory, connect: ClientFactory, request_type: str, fields: dict[str, Any]
+) -> None:
+    await start_server(**HOSTED)
+    gs, _, match = await running_match(connect)
+    await gs.request("match_result", match=match, winner=0)
+    await gs.recv_type("result_applied")
+
+    rid = await gs.request(request_type, match=match, **fields)
+    error = await gs.recv_type("error")
+
+    assert (error["code"], error["rid"]) == ("already_reported", rid)
+    assert match in error["message"]
+
+
 async def test_ratings_stored(start_server: ServerFactory, connect: ClientFactory) -> None:
     server = await start_server(**HOSTED)
     gs, (alice, _), match = await running_match(connect)

@@ -202,3 +202,14 @@ def test_uninstall_removes_install(staged: Path) -> None:
     assert (state / "lobbyd.sqlite3").read_text() == "players"
     assert "kept" in done.stdout
     assert str(state) in done.stdout
+
+
+def test_make_run_takes_config(tmp_path: Path) -> None:
+    # A file with a bad value shows that make passed it on: the daemon rejects it and exits.
+    config_file = tmp_path / "bad.toml"
+    config_file.write_text("tick_interval_ms = 0\n")
+
+    done = make("run", f"CONFIG={config_file}")
+
+    assert done.returncode != 0
+    assert f"{config_file}:tick_interval_ms: expected `int` >= 10, got 0" in done.stderr

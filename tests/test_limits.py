@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from lobbyd.client import ClientError, LobbyClient
 from tests.conftest import RunningServer, ServerFactory
@@ -68,6 +69,23 @@ async def test_address_limit_refuses(start_server: ServerFactory) -> None:
     await extra.close()
 
 
+async def test_refusal_logs_peer_as_host_port(start_server: ServerFactory) -> None:
+    server = await start_server(max_connections=1)
+    member = await logged_in(server, "m0")
+
+    with capture_logs() as captured:
+        extra = await LobbyClient.connect(server.address)
+        await extra.request("hello", v=1, player="late")
+        await extra.recv()
+    refused = [entry for entry in captured if entry["event"] == "connection_refused"]
+
+    local_host, local_port = extra.writer.get_extra_info("sockname")[:2]
+    assert len(refused) == 1
+    assert refused[0]["peer"] == f"{local_host}:{local_port}"
+    await extra.close()
+    await member.close()
+
+
 async def test_rate_limit_then_kick(start_server: ServerFactory) -> None:
     server = await start_server(rate_limit_per_s=5, rate_limit_burst=5)
     calm = await logged_in(server, "calm")
@@ -100,6 +118,37 @@ async def test_unfinished_frame_kicked(start_server: ServerFactory) -> None:
     assert kicked == {"type": "kicked", "reason": "frame_timeout"}
     assert time.monotonic() - began < 2
     await expect_closed(client)
+    await client.close()
+
+
+@pytest.mark.parametrize("partial", [b"\x00", b"\x00\x00", b"\x00\x00\x00"], ids=["1 byte", "2 bytes", "3 bytes"])
+async def test_partial_length_prefix_kicked(start_server: ServerFactory, partial: bytes) -> None:
+    # The frame timeout runs from a frame's first byte, so half a length prefix counts.
+    server = await start_server(frame_timeout_ms=300)
+    client = await logged_in(server, "stuck")
+
+    client.writer.write(partial)
+    kicked = await client.recv(timeout=5)
+
+    assert kicked == {"type": "kicked", "reason": "frame_timeout"}
+    await expect_closed(client)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("hello_ms", "frame_ms", "reason"), [(300, 5000, "hello_timeout"), (5000, 300, "frame_timeout")]
+)
+async def test_partial_frame_before_hello(
+    start_server: ServerFactory, hello_ms: int, frame_ms: int, reason: str
+) -> None:
+    # Before hello both deadlines run, and the one that comes first closes the connection.
+    server = await start_server(hello_timeout_ms=hello_ms, frame_timeout_ms=frame_ms)
+    client = await LobbyClient.connect(server.address)
+
+    client.writer.write(b"\x00\x00")
+    kicked = await client.recv(timeout=5)
+
+    assert kicked == {"type": "kicked", "reason": reason}
     await client.close()
 
 

@@ -108,3 +108,16 @@ async def test_non_leader_join_queue_rejected(connect: ClientFactory, start_serv
 
     assert error["code"] == "not_party_leader"
     assert error["rid"] == rid
+
+
+async def test_default_queues_take_no_parties(connect: ClientFactory) -> None:
+    leader = await connect("ann")
+    await connect("ben")
+    await leader.request("create_party")
+    await leader.recv_type("party")
+
+    rid = await leader.request("invite_to_party", player="ben")
+    error = await leader.recv_type("error")
+
+    assert (error["code"], error["rid"]) == ("party_full", rid)
+    assert "has 1 member and cannot grow: no queue takes parties of 2 or more players" in error["message"]

@@ -212,3 +212,45 @@ def test_sim_league_needs_secret(league_daemon: DaemonProcess, monkeypatch: pyte
 
     assert done.returncode == 2
     assert "LOBBYD_GAME_SERVER_SECRET" in done.stderr
+
+
+AUTH_SECRET = "a" * 40
+
+
+@pytest.fixture
+def auth_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    with running_daemon(tmp_path / "data", env={**FAST_TICK, "LOBBYD_AUTH_SECRET": AUTH_SECRET}) as process:
+        yield process
+    assert process.exit_code == 0, process.output()
+
+
+def test_sim_mints_tokens_from_config(auth_daemon: DaemonProcess, tmp_path: Path) -> None:
+    config_file = tmp_path / "auth.toml"
+    config_file.write_text(f'auth_secret = "{AUTH_SECRET}"\n')
+
+    done, report = run_sim(
+        auth_daemon, tmp_path / "report.json", "--players", "4", "--queue", "1v1", "--config", str(config_file)
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert report["matched_once"] == 4
+    assert report["server_errors"] == {}
+
+
+def test_sim_counts_rejected_tokens(auth_daemon: DaemonProcess, tmp_path: Path) -> None:
+    done, report = run_sim(auth_daemon, tmp_path / "report.json", "--players", "4", "--queue", "1v1")
+
+    assert done.returncode == 1
+    assert report["bots_failed"] == 4
+    assert report["server_errors"] == {"invalid_token": 4}
+    assert "invalid_token 4" in done.stdout
+
+
+def test_sim_config_without_key_rejected(auth_daemon: DaemonProcess, tmp_path: Path) -> None:
+    config_file = tmp_path / "no-key.toml"
+    config_file.write_text('store = "memory"\n')
+
+    done = run_tool("sim", "--connect", auth_daemon.address, "--config", str(config_file), "--no-progress")
+
+    assert done.returncode == 2
+    assert "cannot mint a token" in done.stderr

@@ -122,7 +122,12 @@ class Hosting:
             effects.extend(self.server_lost(old.session, now))
 
         server = GameServer(
-            message.server, message.address, message.region, message.capacity, frozenset(message.queues), session
+            message.server,
+            message.address,
+            message.region or m.DEFAULT_REGION,
+            message.capacity,
+            frozenset(message.queues),
+            session,
         )
         self.pool.add(server)
         registered = m.Registered(

@@ -507,7 +507,7 @@ class Lobby:
             return
         retry_ms = math.ceil(remaining * 1000)
         msg = (
-            f"player {player.id!r} declined too many matches and may not queue for {retry_ms} ms "
+            f"player {player.id!r} declined or missed too many matches and may not queue for {retry_ms} ms "
             f"(penalty level {player.penalty_level})"
         )
         raise QueueLocked(msg, retry_after_ms=retry_ms, rid=rid)
@@ -571,8 +571,12 @@ class Lobby:
     def _check_party_size(self, rules: QueueRules, size: int, rid: int | None) -> None:
         if size in rules.party_sizes:
             return
-        allowed = ", ".join(str(n) for n in rules.party_sizes)
-        msg = f"queue {rules.name!r} takes parties of {allowed} players, not {size}"
+        sizes = [str(n) for n in rules.party_sizes]
+        if sizes == ["1"]:
+            msg = f"queue {rules.name!r} takes solo players only, not parties of {size} players"
+        else:
+            allowed = sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} or {sizes[-1]}"
+            msg = f"queue {rules.name!r} takes parties of {allowed} players, not {size}"
         raise InvalidPartySize(msg, rid=rid)
 
     def _requeueable(self, check: ReadyCheck, keep: Callable[[Ticket], bool]) -> set[int]:

@@ -289,7 +289,15 @@ class Parties:
     def _check_room(self, party: PartyState, rid: int | None) -> None:
         if len(party.members) < self.max_size:
             return
-        msg = f"party {party.id!r} has {len(party.members)} members, the most any queue takes"
+        count = len(party.members)
+        members = "1 member" if count == 1 else f"{count} members"
+        if self.max_size == 1:
+            msg = (
+                f"party {party.id!r} has {members} and cannot grow: no queue takes parties of 2 or more "
+                "players (each queue's party_sizes setting lists the sizes it takes)"
+            )
+        else:
+            msg = f"party {party.id!r} has {members}, the largest party any queue takes"
         raise PartyFull(msg, rid=rid)
 
     def _check_member_lockout(self, member: Player, now: float, rid: int | None) -> None:

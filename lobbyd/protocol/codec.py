@@ -23,13 +23,14 @@ Either carries the request's ``rid`` when the map held a valid one.
 from __future__ import annotations
 
 import enum
+import re
 import struct
 from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
 
-from lobbyd.errors import BadFrame, InvalidField, RemoteError, UnknownType
+from lobbyd.errors import BadFrame, InvalidField, RemoteError, UnknownType, lowercase_start
 from lobbyd.protocol.messages import CLIENT_TYPES, MAX_RID, ClientMessage, ServerMessage
 
 # 64 KiB holds any v1 message with room to spare (a 5v5 match_start is about 400
@@ -42,6 +43,8 @@ MAX_FRAME_LIMIT: Final = 2**32 - 1
 # Characters of a peer's unknown ``type`` that an error message repeats. The rest is
 # cut, so a 60 KiB type string costs neither a 60 KiB reply nor a 60 KiB log line.
 MAX_ECHOED_CHARS: Final = 64
+# msgspec's message for a map key that is not a string, such as the msgpack int 1.
+_NON_STRING_KEY: Final = re.compile(r"Expected `str`, got `(\w+)` - at `key` in `(.*)`")
 
 
 class Framing(enum.Enum):
@@ -228,7 +231,7 @@ def _decode(
     except msgspec.ValidationError as exc:
         raise _explain_invalid(frame, raw, format_name, exc) from None
     except msgspec.DecodeError as exc:
-        msg = f"frame is not valid {format_name}: {_lower_first(str(exc))}"
+        msg = f"frame is not valid {format_name}: {lowercase_start(str(exc))}"
         raise BadFrame(msg) from None
     except RecursionError:
         raise _too_deep(format_name) from None
@@ -245,7 +248,7 @@ def _explain_invalid(
     try:
         value = raw.decode(frame)
     except msgspec.DecodeError as decode_exc:
-        msg = f"frame is not valid {format_name}: {_lower_first(str(decode_exc))}"
+        msg = f"frame is not valid {format_name}: {lowercase_start(str(decode_exc))}"
         return BadFrame(msg)
     except RecursionError:
         return _too_deep(format_name)
@@ -262,7 +265,7 @@ def _explain_invalid(
         known = ", ".join(sorted(CLIENT_TYPES))
         shown = kind if len(kind) <= MAX_ECHOED_CHARS else f"{kind[:MAX_ECHOED_CHARS]}..."
         return UnknownType(f"unknown message type {shown!r}: expected one of {known}", rid=rid)
-    return InvalidField(f"invalid {kind!r} message: {_lower_first(str(exc))}", rid=rid)
+    return InvalidField(f"invalid {kind!r} message: {_validation_text(exc)}", rid=rid)
 
 
 def _too_deep(format_name: str) -> BadFrame:
@@ -280,5 +283,11 @@ def _valid_rid(value: object) -> int | None:
     return None
 
 
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
+def _validation_text(exc: msgspec.ValidationError) -> str:
+    """Word msgspec's validation message for a client, naming a bad map key plainly."""
+    text = str(exc)
+    bad_key = _NON_STRING_KEY.fullmatch(text)
+    if bad_key is not None:
+        kind, path = bad_key.groups()
+        return f"every map key must be a string, got a key of type {kind} - at `{path}`"
+    return lowercase_start(text.replace(" - at `key` in `", " - at a map key in `"))

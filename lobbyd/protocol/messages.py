@@ -8,6 +8,7 @@ older peers; the names and meanings below do not change within v1.
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Annotated, Final
 
@@ -31,6 +32,8 @@ Identifier = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
 ]
 DisplayName = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+# C0 controls (NUL, newline, escape, ...), DEL and the C1 controls of Unicode.
+_CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 Token = Annotated[str, msgspec.Meta(max_length=MAX_TOKEN_LENGTH)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 
@@ -39,6 +42,8 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
 MAX_ADDRESS_LENGTH: Final = 262
 MAX_TEAMS: Final = 64
 MAX_HISTORY: Final = 100
+DEFAULT_HISTORY: Final = 10
+DEFAULT_REGION: Final = "default"
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
 Reason = Annotated[str, msgspec.Meta(max_length=200)]
 Capacity = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
@@ -69,6 +74,16 @@ class Hello(_Message, tag="hello", frozen=True):
     player: Identifier
     name: DisplayName | None = None
     token: Token | None = None
+
+    def __post_init__(self) -> None:
+        # Other players see the name, so it may not hide text or break a log line
+        # or a client's list with control characters. msgspec reports the ValueError
+        # as a validation error, which the peer gets as invalid_field.
+        found = _CONTROL_CHARACTER.search(self.name) if self.name is not None else None
+        if found is not None:
+            code = ord(found.group())
+            msg = f"field `name` contains the control character U+{code:04X}: a display name holds printable text"
+            raise ValueError(msg)
 
 
 class Ping(_Message, tag="ping", frozen=True):
@@ -102,7 +117,16 @@ class GetProfile(_Message, tag="get_profile", frozen=True):
 
 
 class GetHistory(_Message, tag="get_history", frozen=True):
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] = 10
+    # The wire name is "limit". A null limit must decode as an absent one, so the
+    # field itself is optional and the ``limit`` property supplies the default.
+    requested_limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY)] | None = msgspec.field(
+        default=None, name="limit"
+    )
+
+    @property
+    def limit(self) -> int:
+        """Entries to return, newest first: the requested number, or 10 when the request had none."""
+        return DEFAULT_HISTORY if self.requested_limit is None else self.requested_limit
 
 
 class CreateParty(_Message, tag="create_party", frozen=True):
@@ -143,7 +167,8 @@ class Register(_Message, tag="register", frozen=True):
     address: Address
     capacity: Capacity
     queues: Annotated[list[Identifier], msgspec.Meta(min_length=1, max_length=256)]
-    region: Identifier = "default"
+    region: Identifier | None = None
+    """Region of the server; absent or null: DEFAULT_REGION."""
 
 
 class Allocated(_Message, tag="allocated", frozen=True):

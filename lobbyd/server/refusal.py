@@ -18,6 +18,13 @@ FIRST_BYTE_WAIT_S: Final = 1.0
 log = logs.get(__name__)
 
 
+def peer_text(peername: object) -> str:
+    """Return a socket's peer address as "HOST:PORT", the form session log lines use."""
+    if isinstance(peername, tuple):
+        return f"{peername[0]}:{peername[1]}"
+    return str(peername)
+
+
 class Refusal(asyncio.Protocol):
     """Send ``error`` {code ``server_full``, ``retry_after_ms``} and close.
 
@@ -37,7 +44,7 @@ class Refusal(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        log.warning("connection_refused", peer=transport.get_extra_info("peername"), reason=self._reason)
+        log.warning("connection_refused", peer=peer_text(transport.get_extra_info("peername")), reason=self._reason)
         self._timer = asyncio.get_running_loop().call_later(FIRST_BYTE_WAIT_S, self._refuse)
 
     def data_received(self, data: bytes) -> None:

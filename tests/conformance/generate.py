@@ -71,7 +71,7 @@ CLIENT_EXAMPLES: Final[dict[str, m.ClientMessage]] = {
     "accept": m.Accept(match=MATCH, rid=5),
     "decline": m.Decline(match=MATCH, rid=6),
     "get_profile": m.GetProfile(rid=9),
-    "get_history": m.GetHistory(limit=5, rid=10),
+    "get_history": m.GetHistory(requested_limit=5, rid=10),
     "create_party": m.CreateParty(rid=11),
     "invite_to_party": m.InviteToParty(player="bob", rid=12),
     "join_party": m.JoinParty(party="party7", rid=13),
@@ -228,7 +228,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     "match_cancelled_party_changed": m.MatchCancelled(match=MATCH, reason="party_changed", requeued=True),
     "error_queue_locked": m.Error(
         code="queue_locked",
-        message="player 'alice' declined too many matches and may not queue for 299500 ms (penalty level 2)",
+        message="player 'alice' declined or missed too many matches and may not queue for 299500 ms (penalty level 2)",
         rid=3,
         retry_after_ms=299_500,
     ),
