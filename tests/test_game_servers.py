@@ -168,6 +168,30 @@ async def test_request_after_result_already_reported(
     assert match in error["message"]
 
 
+async def test_replies_after_a_result_wait_for_it(start_server: ServerFactory, connect: ClientFactory) -> None:
+    # result_applied waits for the result's commit; the replies to what the server sent
+    # after it must not overtake it.
+    await start_server(**HOSTED)
+    gs, _, match = await running_match(connect)
+    batch = [
+        {"type": "match_result", "match": match, "winner": 0, "rid": 101},
+        {"type": "match_result", "match": match, "winner": 1, "rid": 102},
+        {"type": "ping", "rid": 103},
+        {"type": "release_player", "match": match, "player": "alice", "rid": 104},
+    ]
+    gs.writer.write(b"".join(gs.encode(message) for message in batch))
+
+    replies = [await gs.recv_type("result_applied", "error", "pong") for _ in batch]
+
+    assert [(r["type"], r["rid"]) for r in replies] == [
+        ("result_applied", 101),
+        ("error", 102),
+        ("pong", 103),
+        ("error", 104),
+    ]
+    assert [r["code"] for r in replies if r["type"] == "error"] == ["already_reported", "already_reported"]
+
+
 async def test_ratings_stored(start_server: ServerFactory, connect: ClientFactory) -> None:
     server = await start_server(**HOSTED)
     gs, (alice, _), match = await running_match(connect)

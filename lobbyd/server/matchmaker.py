@@ -27,7 +27,7 @@ from lobbyd.server.persistence import Persistence
 from lobbyd.server.recording import EventRecorder
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
-from lobbyd.server.session import Session
+from lobbyd.server.session import ReplySlot, Session
 
 # Seconds of work per turn of the loop before sessions get to read and write again:
 # a burst of 10,000 joins or accepts is cut into slices this long. A request count
@@ -329,20 +329,42 @@ class MatchmakerLoop:
             log.info("match_start_partial", match=record.id, delivered=delivered, players=len(sends))
 
     def _spawn_finish(self, effect: fx.FinishMatch) -> None:
-        task = asyncio.create_task(self._finish(effect.record, effect.players, effect.sends))
+        # A reply among the sends (result_applied) waits for the commit; its session's
+        # later output waits behind it, so a repeated report's already_reported cannot
+        # overtake it.
+        slots: dict[int, tuple[Session, ReplySlot]] = {}
+        for index, send in enumerate(effect.sends):
+            session = self.registry.get(send.session)
+            if session is not None and send.message.rid is not None:
+                slots[index] = (session, session.reserve())
+        task = asyncio.create_task(self._finish(effect.record, effect.players, effect.sends, slots))
         self.starts.add(task)
         task.add_done_callback(self.starts.discard)
 
-    async def _finish(self, record: MatchRecord, players: tuple[PlayerRecord, ...], sends: tuple[fx.Send, ...]) -> None:
+    async def _finish(
+        self,
+        record: MatchRecord,
+        players: tuple[PlayerRecord, ...],
+        sends: tuple[fx.Send, ...],
+        slots: dict[int, tuple[Session, ReplySlot]],
+    ) -> None:
         # The result is applied in memory already. If the commit fails, the records stay
         # dirty for the flusher, and the players and the server still hear of it.
         for player in players:
             self.persistence.mark_player(player)
-        committed = await self._commit(record)
+        try:
+            committed = await self._commit(record)
+        except BaseException:
+            # Cancelled at shutdown: give the places up unanswered, so they block nothing.
+            for session, slot in slots.values():
+                session.fill(slot, None)
+            raise
+        for index, (session, slot) in slots.items():
+            session.fill(slot, sends[index].message)
         if not committed:
             self.persistence.mark_match(record)
         log.info("match_finished_stored" if committed else "match_finished_unstored", match=record.id)
-        self.apply(sends)
+        self.apply(send for index, send in enumerate(sends) if index not in slots)
 
     async def _commit(self, record: MatchRecord) -> bool:
         for attempt, delay in enumerate((*COMMIT_RETRY_DELAYS, None), start=1):

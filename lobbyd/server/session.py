@@ -30,6 +30,7 @@ fan-out of a match start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import secrets
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class Session(asyncio.Protocol):
         "_codec",
         "_connected",
         "_drain_waiter",
+        "_held",
         "_host",
         "_last_active",
         "_loop",
@@ -171,6 +173,9 @@ class Session(asyncio.Protocol):
         self._released = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # Output queued behind a reply that waits for a commit (``reserve``); None
+        # while nothing waits, which is almost always.
+        self._held: collections.deque[ReplySlot] | None = None
         self.address = ""
         self.peer = ""
         # Traffic counters for metrics: plain ints, read at scrape time. Bytes are added
@@ -380,7 +385,46 @@ class Session(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def reserve(self) -> ReplySlot:
+        """Keep this session's next place in its output for a reply that ``fill`` sends later.
+
+        Everything written meanwhile waits behind the reply, so replies keep request
+        order even when one of them waits for a commit.
+        """
+        slot = ReplySlot()
+        if self._held is None:
+            self._held = collections.deque()
+        self._held.append(slot)
+        return slot
+
+    def fill(self, slot: ReplySlot, message: ServerMessage | None) -> None:
+        """Send ``message`` in the place ``slot`` kept, then whatever waited behind it.
+
+        None gives the place up without a reply.
+        """
+        slot.data = b""
+        if message is not None:
+            self.frames_out += 1
+            if type(message) is Error:
+                self._host.metrics.errors_sent[message.code] += 1
+            slot.data = self._codec.encode(message)
+        held = self._held
+        while held and held[0].data is not None:
+            data = held.popleft().data
+            if self.open and data:
+                self._write_now(data)
+        if not held:
+            self._held = None
+
     def _write(self, data: bytes) -> bool:
+        if self._held is not None:
+            later = ReplySlot()
+            later.data = data
+            self._held.append(later)
+            return True
+        return self._write_now(data)
+
+    def _write_now(self, data: bytes) -> bool:
         self.bytes_out += len(data)
         self._transport.write(data)
         if self._transport.get_write_buffer_size() > self._host.limits.max_outgoing:
@@ -659,6 +703,15 @@ class Session(asyncio.Protocol):
 # random per-process prefix and a counter, without a system call per connection.
 _SESSION_PREFIX: Final = secrets.token_hex(3)
 _session_numbers = itertools.count(1)
+
+
+class ReplySlot:
+    """A place in a session's output: ``data`` is None until the reply is known."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
 
 
 def _new_session_id() -> str:
