@@ -453,13 +453,23 @@ class ClusterNode:
     async def _keep_alive(self) -> None:
         """Refresh this node's liveness key; after an outage, bring the shared state up to date."""
         interval = self.settings.node_ttl_ms / 3000
+        marked = False
         while not self._stopping.is_set():
             try:
-                await self.state.refresh_node(self.node, self.settings.node_ttl_ms)
+                existed = await self.state.refresh_node(self.node, self.settings.node_ttl_ms)
             except SharedStateError as exc:
                 self._mark_unhealthy(exc)
                 await wait_event(self._stopping, RETRY_DELAY_S)
                 continue
+            if marked and not existed and self.healthy:
+                # The mark was gone: Redis lost its data (a restart without persistence),
+                # or this node stalled past its TTL and the leader took it for dead.
+                # Either way the shared state may have forgotten this node's players, so
+                # it recovers as after an outage long enough to be declared dead.
+                log.warning("node_mark_lost", node=self.node)
+                self.healthy = False
+                self._unhealthy_since = time.monotonic() - self.settings.node_ttl_ms / 1000
+            marked = True
             if not self.healthy:
                 await self._recover()
             await wait_event(self._stopping, interval)

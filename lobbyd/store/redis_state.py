@@ -19,12 +19,13 @@ Keys, all under one prefix P:
 | ``P:cursor`` | string | id of the last request entry the leader's state includes |
 | ``P:inbox:NODE`` | stream | ``Delivery`` entries for NODE's sessions |
 
-Fencing. Taking the lease increments ``P:epoch`` and stores ``NODE:TOKEN`` in
-``P:leader`` for the lease time. Every write of the leader (``commit``) runs as one
-Lua script that first compares ``P:leader`` with the caller's ``NODE:TOKEN`` and
-writes nothing when they differ, raising ``Fenced``. Redis runs scripts one at a
-time, so once another node holds the lease, or the lease lapsed, no write of the
-old leader lands, however long it was paused. A commit writes the state changes,
+Fencing. Taking the lease increments ``P:epoch`` (which starts at Redis's clock in
+milliseconds) and stores ``NODE:TOKEN`` in ``P:leader`` for the lease time. Every
+write of the leader (``commit``) runs as one Lua script that first compares
+``P:leader`` with the caller's ``NODE:TOKEN`` and writes nothing when they differ,
+raising ``Fenced``. Redis runs scripts one at a time, so once another node holds the
+lease, or the lease lapsed, no write of the old leader lands, however long it was
+paused. A commit writes the state changes,
 the request cursor and the deliveries they cause together, or none of them.
 
 Every failure to reach Redis, or an answer later than ``timeout``, raises
@@ -58,8 +59,15 @@ POOL_CONNECTIONS: Final = 16
 # bounds what a stopped node leaves behind. Trimming is approximate (``~``).
 INBOX_MAXLEN: Final = 100_000
 
+# A missing epoch starts at Redis's clock in milliseconds rather than at 0, so that
+# tokens keep growing when Redis comes back empty: the nodes drop a delivery whose id
+# (token and sequence) they have seen, and a reused token would repeat old ids.
 _ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000)))
+end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return token
@@ -271,9 +279,12 @@ class RedisState:
 
     # Nodes and presence.
 
-    async def refresh_node(self, node: str, ttl_ms: int) -> None:
+    async def refresh_node(self, node: str, ttl_ms: int) -> bool:
+        # SET ... GET (Redis 6.2 and later) tells in the same round trip whether the
+        # mark expired or vanished since the last refresh.
         async with self._call("refresh_node"):
-            await self._client.set(self.key("node", node), b"1", px=ttl_ms)
+            earlier = await self._client.set(self.key("node", node), b"1", px=ttl_ms, get=True)
+        return earlier is not None
 
     async def live_nodes(self, nodes: Iterable[str]) -> set[str]:
         wanted = sorted(nodes)

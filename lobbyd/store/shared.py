@@ -110,7 +110,8 @@ class SharedState(Protocol):
         """Write ``commit`` atomically if ``owner`` holds the lease; raise ``Fenced`` if not."""
     async def snapshot(self) -> Snapshot:
         """Read the presence map, every hash a commit writes, and the cursor at one instant."""
-    async def refresh_node(self, node: str, ttl_ms: int) -> None: ...
+    async def refresh_node(self, node: str, ttl_ms: int) -> bool:
+        """Mark ``node`` alive for ``ttl_ms``; return whether its earlier mark was still there."""
     async def live_nodes(self, nodes: Iterable[str]) -> set[str]: ...
     async def claim_presence(self, presence: c.Presence) -> tuple[bool, c.Presence | None]:
         """Record ``presence`` unless a later login holds the entry; see ``RedisState``."""
@@ -200,9 +201,12 @@ class MemoryState:
 
     # Nodes and presence.
 
-    async def refresh_node(self, node: str, ttl_ms: int) -> None:
+    async def refresh_node(self, node: str, ttl_ms: int) -> bool:
         self._check()
-        self._nodes[node] = time.monotonic() + ttl_ms / 1000
+        now = time.monotonic()
+        existed = self._nodes.get(node, 0.0) > now
+        self._nodes[node] = now + ttl_ms / 1000
+        return existed
 
     async def live_nodes(self, nodes: Iterable[str]) -> set[str]:
         self._check()
