@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--population",
         type=Path,
-        help="population model (TOML or JSON) whose arrivals, parties, roles, latencies and answers the bots follow;"
+        help="population model (TOML or JSON) whose arrivals, parties, roles, latencies and accept, decline and"
+        " disconnect rates the bots follow;"
         " prints lobbyd replay's per-band report",
     )
     sim.add_argument("--arrival-rate", type=float, help="with --population: override its players per second")

@@ -30,7 +30,7 @@ adds how the players' ratings converged towards their hidden skills. Exit status
 means every bot played its rounds.
 
 With ``--population FILE`` the bots follow a population model instead: arrivals over
-time, parties, roles, latencies and answer rates, and the report is the per-band
+time, parties, roles, latencies and decline and disconnect rates, and the report is the per-band
 table of ``lobbyd replay``. ``sim_population`` runs that mode.
 """
 

@@ -1,4 +1,4 @@
-"""``lobbyd sim --population FILE``: bots that arrive, form parties and answer as a population model says.
+"""``lobbyd sim --population FILE``: bots that arrive, form parties and accept or decline at a population model's rates.
 
 The population (``lobbyd.tuning.population``) generates its arrivals: a solo player
 or a party at a time drawn from a Poisson process, with hidden skills, role
@@ -19,8 +19,9 @@ for one more match while nobody is arriving, returning or in a ready check, or a
 ``--timeout``. Players not started by then count as unmatched.
 
 The sim cannot read the daemon's queue rules. It sends the population's roles, and
-if the daemon rejects ``roles`` or ``party_roles`` as invalid for the queue, it sends
-none for the rest of the run.
+if the daemon rejects them because the queue has no roles, it sends none for the rest
+of the run. A party whose role lists the queue rejects for another reason queues
+without them.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ MAX_ATTEMPTS: Final = 5
 RETRY_DELAY: Final = 0.5
 # join_queue errors that mean the ticket exists: the server requeued it after a cancel.
 STILL_QUEUED: Final = frozenset({"already_queued", "in_ready_check"})
+# Part of the daemon's invalid_field message for roles sent to a queue without roles
+# (lobbyd.core.preferences.check_roles): the whole run then stops sending roles.
+NO_ROLES_MESSAGE: Final = "assigns no roles"
 # join_queue errors that trying again cannot fix.
 FATAL_CODES: Final = frozenset({"unknown_queue", "invalid_party_size", "invalid_field"})
 
@@ -104,7 +108,7 @@ class Phase(enum.Enum):
 
 
 class Rejected(Exception):
-    """The server answered a request with an error that the group cannot work around."""
+    """The server rejected a request with an error that the group cannot work around."""
 
     def __init__(self, request: str, code: str, message: str) -> None:
         super().__init__(f"{request} was rejected with {code}: {message}")
@@ -375,6 +379,8 @@ class Group:
         self.return_at: float | None = None
         """Loop time to queue again; None while no return is due."""
         self.party_formed = len(self.members) == 1
+        self.send_roles = True
+        """False once the daemon rejected this group's role lists; it then queues for any role."""
         self._formed_before = False
         self._returns: set[str] = set()
         self._closes = 0
@@ -510,7 +516,8 @@ class Group:
         previous = self.joined_at
         # Set before sending, because match_found can be read before this task resumes.
         self.joined_at = self.sim.now()
-        reply = await self.members[0].call("join_queue", **self._join_fields())
+        fields = self._join_fields()
+        reply = await self.members[0].call("join_queue", **fields)
         if reply.get("type") == "queued":
             self._attempts = 0
             return None
@@ -522,8 +529,15 @@ class Group:
             return None
         if code == "queue_locked":
             return int(reply.get("retry_after_ms", 0)) / 1000
-        if code == "invalid_field" and self.sim.send_roles and message.startswith(("roles", "party_roles")):
-            self.sim.drop_roles()
+        sent_roles = "roles" in fields or "party_roles" in fields
+        if code == "invalid_field" and sent_roles and message.startswith(("roles", "party_roles")):
+            # Other groups may have sent roles before the first rejection arrived, so they
+            # come here too. Lists that only this group's party cannot hold are its own problem.
+            if NO_ROLES_MESSAGE in message:
+                self.sim.drop_roles()
+            else:
+                self.send_roles = False
+                self.sim.observations.rejected[code] += 1
             return 0.0
         self.sim.observations.rejected[code] += 1
         if code in FATAL_CODES:
@@ -536,7 +550,7 @@ class Group:
         # The leader's latency stands for the whole party on the server.
         if self.join.latency:
             fields["latency"] = dict(self.join.latency)
-        if not self.sim.send_roles:
+        if not (self.sim.send_roles and self.send_roles):
             return fields
         if self.join.roles:
             fields["roles"] = list(self.join.roles)

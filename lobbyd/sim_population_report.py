@@ -1,4 +1,4 @@
-"""What ``lobbyd sim --population`` bots saw, turned into the tuning report of ``lobbyd replay``.
+"""Observations of ``lobbyd sim --population`` bots, turned into the tuning report of ``lobbyd replay``.
 
 The bots record each ``match_start`` they receive: the teams, the ratings at match
 time, the hosting region and the receiver's role. The report's figures come from
@@ -84,7 +84,7 @@ class Observations:
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     """Rejected join_queue and party requests by error code; queue_locked is retried, not counted."""
     server_errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    """Errors that answered no request of ours in flight, by code."""
+    """Errors that replied to no pending request of ours, by code."""
     late_answers: int = 0
     """Accepts and declines that reached the server after the ready check had ended."""
 

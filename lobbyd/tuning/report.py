@@ -29,7 +29,7 @@ from lobbyd.tuning.engine import Outcome
 FORMAT: Final = "lobbyd-tuning-report"
 VERSION: Final = 1
 DEFAULT_BAND_WIDTH: Final = 200
-# What a skill band ranges over: the rating the matchmaker used, or the hidden skill.
+# Values of ``band_by``: bands of the rating the matchmaker used, or of the hidden skill.
 BAND_BY_RATING: Final = "rating"
 BAND_BY_SKILL: Final = "skill"
 
