@@ -151,7 +151,7 @@ async def test_population_sim_game_servers(
     assert overall.matched > 0
     assert overall.autofill_share is None
     assert built.queues[0].regions == {"default": built.queues[0].matches}
-    assert "roles  " in printed
+    assert "not sent: the daemon rejected them for this queue" in printed
     assert "results applied" in printed
     assert "game server errors      none" in printed
 
