@@ -71,15 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--players",
         type=int,
-        default=100,
-        help="number of bot players, each holding one connection from this host until the run ends",
+        help="number of bot players, each holding one connection from this host until the run ends (default 100;"
+        " with --population, overrides its players)",
     )
-    sim.add_argument("--queue", default="5v5", help="queue every bot joins")
+    sim.add_argument("--queue", help="queue every bot joins (default 5v5; with --population, overrides its queue)")
+    sim.add_argument(
+        "--population",
+        type=Path,
+        help="population model (TOML or JSON) whose arrivals, parties, roles, latencies and accept, decline and"
+        " disconnect rates the bots follow;"
+        " prints lobbyd replay's per-band report",
+    )
+    sim.add_argument("--arrival-rate", type=float, help="with --population: override its players per second")
+    sim.add_argument(
+        "--band-by",
+        choices=["skill", "rating"],
+        help="with --population: band players by hidden skill or by rating in the match (default skill)",
+    )
+    sim.add_argument("--band-width", type=int, help="with --population: points per skill band (default 200)")
+    sim.add_argument("--plots", type=Path, help="with --population: also draw PNG plots into this directory")
+    sim.add_argument(
+        "--game-server-regions",
+        help="with --population and --game-servers: comma-separated regions, each with --game-servers bot servers"
+        " (default: the population's regions)",
+    )
     sim.add_argument("--decline-rate", type=float, default=0.0, help="share of match_found answered with decline")
     sim.add_argument("--drop-rate", type=float, default=0.0, help="share of match_found answered by disconnecting")
     sim.add_argument("--connect-rate", type=float, default=2000.0, help="new connections per second")
     sim.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
-    sim.add_argument("--seed", type=int, help="random seed, for a repeatable run")
+    sim.add_argument(
+        "--seed", type=int, help="random seed, for a repeatable run (with --population, overrides its seed)"
+    )
     sim.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     sim.add_argument(
         "--game-servers",

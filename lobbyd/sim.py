@@ -28,6 +28,10 @@ instead of one ``match_start``. After each ``match_ended`` a bot queues again, a
 once it reached its goal, so that the last bots still find opponents. The report then
 adds how the players' ratings converged towards their hidden skills. Exit status 0
 means every bot played its rounds.
+
+With ``--population FILE`` the bots follow a population model instead: arrivals over
+time, parties, roles, latencies and decline and disconnect rates, and the report is the per-band
+table of ``lobbyd replay``. ``sim_population`` runs that mode.
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ from lobbyd.config import parse_listen
 from lobbyd.core.ratings import INITIAL_MU, INITIAL_SIGMA
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import PROTOCOL_VERSION
-from lobbyd.sim_servers import ConvergencePoint, League
+from lobbyd.sim_servers import ConvergencePoint, League, LeagueFailed
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+
+# Without --population: bots in a run and the queue they join.
+DEFAULT_PLAYERS: Final = 100
+DEFAULT_QUEUE: Final = "5v5"
 
 # Seconds a dropped bot stays offline before it reconnects with a new session.
 RECONNECT_DELAY: Final = 0.5
@@ -77,8 +85,6 @@ SETTLE_TIME: Final = 0.5
 # Seconds the leftover players must sit in the queue, too few for a match, before the
 # run ends early. Longer than a few matchmaker ticks (200 ms by default).
 STALL_TIME: Final = 3.0
-# Seconds the bot game servers have to register before a league run gives up.
-REGISTER_TIMEOUT: Final = 10.0
 # Progress redraws and end-of-run checks happen this often, in seconds.
 WATCH_INTERVAL: Final = 0.1
 PROGRESS_BAR_WIDTH: Final = 20
@@ -229,10 +235,14 @@ def run_cli(args: argparse.Namespace) -> int:
     if problem:
         print(f"lobbyd sim: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.population is not None:
+        from lobbyd import sim_population
+
+        return sim_population.run_cli(args, secret, auth)
     options = SimOptions(
         address=args.connect,
-        players=args.players,
-        queue=args.queue,
+        players=DEFAULT_PLAYERS if args.players is None else args.players,
+        queue=args.queue or DEFAULT_QUEUE,
         decline_rate=args.decline_rate,
         drop_rate=args.drop_rate,
         connect_rate=args.connect_rate,
@@ -262,8 +272,11 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """Return the first problem with the options, or None when they are valid."""
-    if args.players < 1:
+    if args.players is not None and args.players < 1:
         return f"--players must be at least 1, got {args.players}"
+    problem = _check_population_args(args)
+    if problem:
+        return problem
     for name in ("decline_rate", "drop_rate"):
         rate = getattr(args, name)
         if not 0.0 <= rate <= 1.0:
@@ -300,6 +313,27 @@ def _auth_settings(args: argparse.Namespace) -> tuple[AuthSettings | None, str |
     return settings, None
 
 
+def _check_population_args(args: argparse.Namespace) -> str | None:
+    """Return the first option that does not fit with or without ``--population``, or None."""
+    if args.population is None:
+        population_only = {
+            "--arrival-rate": args.arrival_rate,
+            "--band-by": args.band_by,
+            "--band-width": args.band_width,
+            "--plots": args.plots,
+            "--game-server-regions": args.game_server_regions,
+        }
+        given = [name for name, value in population_only.items() if value is not None]
+        return f"{given[0]} applies to --population only" if given else None
+    if args.decline_rate or args.drop_rate:
+        return "--decline-rate and --drop-rate do not apply with --population: its decline and disconnect rates do"
+    if args.rounds != 1:
+        return "--rounds does not apply with --population: each player plays until one match starts"
+    if args.band_width is not None and args.band_width < 1:
+        return f"--band-width must be at least 1, got {args.band_width}"
+    return None
+
+
 def _game_server_secret(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """Return (the game-server secret, None), or (None, the problem); no secret without --game-servers."""
     if args.game_servers == 0:
@@ -315,10 +349,6 @@ def _game_server_secret(args: argparse.Namespace) -> tuple[str | None, str | Non
     return secret, None
 
 
-# TODO: take a population model (lobbyd.tuning.population) for arrivals, parties and
-# answer rates, and print the per-band report of lobbyd.tuning.report. Bot skills
-# cannot reach a live daemon's ratings without rated rounds, so only --game-servers
-# runs could band by skill; offline, "lobbyd replay --population" does all of it.
 class SimAborted(Exception):
     """The simulation could not start, for example because the daemon is unreachable."""
 
@@ -328,13 +358,13 @@ class SimAborted(Exception):
 
 async def run_sim(options: SimOptions) -> SimReport:
     """Run every bot against the daemon at ``options.address`` and return the report."""
-    await _probe(options.address)
+    await probe_daemon(options.address)
     sim = Simulation(options)
     failure = await sim.run()
     return build_report(sim, failure)
 
 
-def _source_address(address: str, number: int) -> str | None:
+def source_address(address: str, number: int) -> str | None:
     """Return the loopback source address of bot ``number``, or None off loopback."""
     host, _ = parse_listen(address)
     if not host.startswith("127."):
@@ -343,7 +373,7 @@ def _source_address(address: str, number: int) -> str | None:
     return f"127.0.{index // 256}.{index % 256}"
 
 
-async def _probe(address: str) -> None:
+async def probe_daemon(address: str) -> None:
     """Open and close one connection, so that an unreachable daemon ends the run at once."""
     try:
         client = await LobbyClient.connect(address)
@@ -414,24 +444,20 @@ class Simulation:
         """Run the bots until the run ends. Return the reason it failed, or None when every bot is done."""
         loop = asyncio.get_running_loop()
         self.began = loop.time()
-        async with asyncio.TaskGroup() as group:
-            tasks = []
-            if self.league is not None:
-                tasks += self.league.start(group)
-                try:
-                    async with asyncio.timeout(REGISTER_TIMEOUT):
-                        await self.league.wait_registered()
-                except (ClientError, TimeoutError) as exc:
-                    for task in tasks:
-                        task.cancel()
-                    msg = f"the bot game servers could not register: {exc or 'timed out'}"
-                    raise SimAborted(msg) from None
-            tasks += [group.create_task(bot.run()) for bot in self.bots]
-            failure = await self._watch()
-            if failure is None:
-                await asyncio.sleep(SETTLE_TIME)
-            for task in tasks:
-                task.cancel()
+        # An exception raised in a TaskGroup's body leaves it wrapped in an ExceptionGroup.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = []
+                if self.league is not None:
+                    tasks += await self.league.start_registered(group)
+                tasks += [group.create_task(bot.run()) for bot in self.bots]
+                failure = await self._watch()
+                if failure is None:
+                    await asyncio.sleep(SETTLE_TIME)
+                for task in tasks:
+                    task.cancel()
+        except* LeagueFailed as failed:
+            raise SimAborted(str(failed.exceptions[0])) from None
         self.ended = loop.time()
         return failure
 
@@ -502,7 +528,7 @@ class Bot:
         seed = f"{self.options.seed}:{number}" if self.options.seed is not None else None
         self.rng = random.Random(seed)
         self.heartbeat = 0.0
-        self.source = _source_address(self.options.address, number)
+        self.source = source_address(self.options.address, number)
         # Match ids by the rid of this session's accept or decline, to recognize the
         # error a late response gets. Each connection numbers its rids from 1, so a new
         # session clears this and join_rid.
@@ -529,7 +555,7 @@ class Bot:
     async def _log_in(self) -> LobbyClient:
         client = await LobbyClient.connect(self.options.address, source=self.source)
         try:
-            welcome = await _hello(client, self.result.player, self._token())
+            welcome = await send_hello(client, self.result.player, self._token())
         except BaseException:
             await client.close()
             raise
@@ -540,11 +566,7 @@ class Bot:
         return client
 
     def _token(self) -> str | None:
-        if self.options.auth is None:
-            return None
-        # Valid for the whole run, with a minute to spare for the last reconnect.
-        ttl = math.ceil(self.options.timeout) + 60
-        return mint(self.options.auth, self.result.player, ttl, self.options.private_key)
+        return bot_token(self.options.auth, self.options.private_key, self.result.player, self.options.timeout)
 
     async def _play_session(self, client: LobbyClient) -> bool:
         """Play one connection; return True when the bot is finished with the run."""
@@ -699,7 +721,15 @@ class HelloRejected(ClientError):
         self.code = code
 
 
-async def _hello(client: LobbyClient, player: str, token: str | None) -> dict[str, Any]:
+def bot_token(auth: AuthSettings | None, private_key: str | None, player: str, timeout: float) -> str | None:
+    """Return a token for ``player`` valid for a run of ``timeout`` seconds, or None without auth."""
+    if auth is None:
+        return None
+    # Valid for the whole run, with a minute to spare for the last reconnect.
+    return mint(auth, player, math.ceil(timeout) + 60, private_key)
+
+
+async def send_hello(client: LobbyClient, player: str, token: str | None = None) -> dict[str, Any]:
     """Log in as ``player`` and return the welcome; raise ``HelloRejected`` with the server's error."""
     fields: dict[str, Any] = {"v": PROTOCOL_VERSION, "player": player}
     if token is not None:

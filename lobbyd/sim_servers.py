@@ -31,6 +31,8 @@ from lobbyd.client import ClientError, LobbyClient
 BETA: Final = 25.0 / 6.0
 # Hidden skills are drawn around OpenSkill's starting mu with this standard deviation.
 HIDDEN_SKILL_SD: Final = 5.0
+# Seconds the bot game servers have to register before a run gives up.
+REGISTER_TIMEOUT: Final = 10.0
 # Convergence is sampled this many times over the expected number of results.
 CONVERGENCE_SAMPLES: Final = 10
 
@@ -105,8 +107,10 @@ class BotServer:
         skills: dict[str, float],
         rng: random.Random,
         on_result: Callable[[], None],
+        region: str = "default",
     ) -> None:
         self.address = address
+        self.region = region
         self.server_id = server_id
         self.secret = secret
         self.queue = queue
@@ -127,7 +131,9 @@ class BotServer:
         try:
             # Bot players never dial the game server, so the address only has to be valid.
             address = f"{self.server_id}.sim.invalid:7777"
-            registered = await client.register(self.server_id, self.secret, address, [self.queue], self.capacity)
+            registered = await client.register(
+                self.server_id, self.secret, address, [self.queue], self.capacity, self.region
+            )
             self.registered.set()
             heartbeat = asyncio.create_task(self._keep_alive(client, int(registered["heartbeat_ms"]) / 2000))
             try:
@@ -200,6 +206,10 @@ def server_capacity(players: int, servers: int) -> int:
 Ratings = Callable[[], dict[str, tuple[float, float, int]]]
 
 
+class LeagueFailed(Exception):
+    """The bot game servers could not register with the lobby."""
+
+
 class League:
     """The bot game servers of one run, the hidden skills, and convergence samples."""
 
@@ -214,8 +224,14 @@ class League:
         match_seconds: float,
         seed: int | None,
         ratings: Ratings,
+        skills: dict[str, float] | None = None,
+        regions: Sequence[str] = ("default",),
     ) -> None:
-        self.skills = hidden_skills(players, seed)
+        """Make ``servers`` bot game servers in each of ``regions``.
+
+        ``skills`` are the players' hidden skills; None draws them with ``hidden_skills``.
+        """
+        self.skills = skills if skills is not None else hidden_skills(players, seed)
         self.ratings = ratings
         self.results = 0
         self.sample_every: int | None = None
@@ -234,8 +250,9 @@ class League:
                 self.skills,
                 random.Random(f"{seed}:gs{number}" if seed is not None else None),
                 self.count_result,
+                region,
             )
-            for number in range(servers)
+            for number, region in enumerate(region for region in regions for _ in range(servers))
         ]
 
     def start(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
@@ -247,6 +264,22 @@ class League:
             if self.failure is not None:
                 raise ClientError(self.failure)
             await asyncio.sleep(0.01)
+
+    async def start_registered(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """Start every server in ``group`` and wait up to ``REGISTER_TIMEOUT`` until all registered.
+
+        Raises ``LeagueFailed`` after cancelling the servers' tasks if one failed or time ran out.
+        """
+        tasks = self.start(group)
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT):
+                await self.wait_registered()
+        except (ClientError, TimeoutError) as exc:
+            for task in tasks:
+                task.cancel()
+            msg = f"the bot game servers could not register: {exc or 'timed out'}"
+            raise LeagueFailed(msg) from None
+        return tasks
 
     def expect(self, players: int, rounds: int, match_size: int) -> None:
         """Set how many results a run should see, which spaces the convergence samples."""

@@ -260,6 +260,26 @@ def test_replay_assigns_roles_and_regions() -> None:
     assert overall.autofill_share == round(autofilled / sum(len(r.waits) for r in outcome.started), 4)
 
 
+def test_report_bands_by_hidden_skill() -> None:
+    model = msgspec.structs.replace(population.load(EXAMPLE_POPULATION), players=400, rating_error_sd=5.0)
+    outcome = run_population(model, config_module.load(EXAMPLE_RULES, environ={}), "lobbyd")
+
+    by_rating = report.build(outcome, "test")
+    by_skill = report.build(outcome, "test", band_by=report.BAND_BY_SKILL)
+
+    assert by_rating.band_by == "rating"
+    assert by_skill.band_by == "skill"
+    for sample in report.samples(outcome, report.BAND_BY_SKILL):
+        assert sample.skill is not None
+        assert sample.band_rating == round(1500 + 50 * (sample.skill - 25))
+    rating_rows = {row.band: row.players for row in by_rating.queues[0].bands}
+    skill_rows = {row.band: row.players for row in by_skill.queues[0].bands}
+    # A rating error of 5 mu (250 points) moves many players to another band.
+    assert rating_rows != skill_rows
+    assert sum(skill_rows.values()) == by_skill.queues[0].overall.players == 400
+    assert by_skill.queues[0].overall == by_rating.queues[0].overall
+
+
 # Report and plots.
 
 

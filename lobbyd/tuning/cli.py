@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=report.DEFAULT_BAND_WIDTH,
         help=f"rating points per skill band in the report (default {report.DEFAULT_BAND_WIDTH})",
     )
+    parser.add_argument(
+        "--band-by",
+        choices=[report.BAND_BY_RATING, report.BAND_BY_SKILL],
+        default=report.BAND_BY_RATING,
+        help="band players by their rating in the match or, when a population made them, by hidden skill"
+        " (default rating)",
+    )
     parser.add_argument("--json", type=Path, help="also write the reports as JSON to this file")
     parser.add_argument("--plots", type=Path, help="also draw PNG plots into this directory")
     parser.add_argument("--record", type=Path, help="write the events the first policy applied as a recording")
@@ -91,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
             record=recorded.append if args.record is not None and index == 0 else None,
         )
         outcome = engine.run(events)
-        runs.append((outcome, report.build(outcome, source, args.band_width)))
+        runs.append((outcome, report.build(outcome, source, args.band_width, args.band_by)))
         if args.record is not None and index == 0:
             header = ev.Header(source="population", started_at=0.0, tick_interval_s=engine_config.tick_interval)
             ev.write(args.record, header, recorded)
@@ -107,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.plots is not None:
         from lobbyd.tuning import plots
 
-        plots.write(args.plots, [(outcome.policy, report.samples(outcome)) for outcome, _ in runs])
+        label = plots.SKILL_LABEL if args.band_by == report.BAND_BY_SKILL else plots.RATING_LABEL
+        plots.write(args.plots, [(outcome.policy, report.samples(outcome, args.band_by)) for outcome, _ in runs], label)
     return EXIT_OK
 
 

@@ -16,12 +16,17 @@ from lobbyd.tuning.report import Sample
 GAP_BINS: Final = [index * 0.05 for index in range(11)]
 # Points drawn per policy in the scatter plot; more only blacken the picture.
 MAX_POINTS: Final = 20_000
+RATING_LABEL: Final = "rating in the match (display points)"
+SKILL_LABEL: Final = "hidden skill as a rating: 1500 + 50 x (skill - 25)"
 
 
-def write(directory: Path, runs: Sequence[tuple[str, Sequence[Sample]]]) -> list[Path]:
+def write(
+    directory: Path, runs: Sequence[tuple[str, Sequence[Sample]]], rating_label: str = RATING_LABEL
+) -> list[Path]:
     """Draw ``wait-by-rating.png`` and ``win-probability.png`` into ``directory``, one series per run.
 
-    ``runs`` pairs a policy name with its samples. Returns the paths written.
+    ``runs`` pairs a policy name with its samples; each sample is placed at its
+    ``band_rating``, which ``rating_label`` describes. Returns the paths written.
     """
     import matplotlib
 
@@ -33,8 +38,8 @@ def write(directory: Path, runs: Sequence[tuple[str, Sequence[Sample]]]) -> list
     figure, axes = pyplot.subplots(figsize=(8, 5))
     for name, samples in runs:
         shown = samples[:: max(len(samples) // MAX_POINTS, 1)]
-        axes.scatter([s.rating for s in shown], [s.wait for s in shown], s=4, alpha=0.4, label=name)
-    axes.set_xlabel("rating in the match (display points)")
+        axes.scatter([s.band_rating for s in shown], [s.wait for s in shown], s=4, alpha=0.4, label=name)
+    axes.set_xlabel(rating_label)
     axes.set_ylabel("wait from join to match found (s)")
     axes.set_title("Wait time against rating")
     axes.legend()
