@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 
 from lobbyd.core import effects as fx
+from lobbyd.core.expansion import Expansion
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import LobbySettings, Place, PlayerRecord, QueueRules
 from lobbyd.core.snapshot import Changes, check_snapshot, restore, ticket_state, track
@@ -16,6 +18,9 @@ from lobbyd.protocol import messages as m
 QUEUES = {
     "duel": QueueRules("duel", team_count=2, team_size=1),
     "squad": QueueRules("squad", team_count=2, team_size=2),
+    "duo": QueueRules(
+        "duo", team_size=2, window_start=1000.0, roles=("tank", "healer"), latency_steps=Expansion.of((0, 60))
+    ),
 }
 SETTINGS = LobbySettings(ready_timeout=10.0)
 
@@ -146,3 +151,54 @@ def test_restore_drops_ticket_of_gone_session() -> None:
 
     assert restored.stale_tickets == ["ann"]
     assert len(new.queues["duel"]) == 0
+
+
+def test_restore_keeps_roles_latency_region() -> None:
+    old, _ = new_lobby()
+    prefs = {"ann": ["tank"], "bob": ["healer"], "cat": ["tank"], "dan": ["healer"], "eve": ["healer", "tank"]}
+    for player in prefs:
+        login(old, player)
+    for at, (player, roles) in enumerate(prefs.items()):
+        latency = {"eu": 30.0, "us": 50.0} if player != "eve" else {"us": 20.0}
+        if player == "eve":
+            old.tick(5.0)
+        old.join_queue(key(player), "duo", float(at), roles=roles, latency=latency)
+    old.accept(key("ann"), "m1", 6.0)
+    tickets, checks = records_of(old)
+    found = old.checks["m1"]
+
+    new, _ = new_lobby()
+    restore(new, presence_of(old), tickets, checks)
+
+    check = new.checks["m1"]
+    assert check.region == "eu"
+    assert check.roles == found.roles
+    assert {given.role for given in check.roles.values()} == {"tank", "healer"}
+    assert check.explanation == found.explanation
+    assert check.tickets["bob"].role_prefs == (("healer",),)
+    assert check.tickets["bob"].latency == {"eu": 30.0, "us": 50.0}
+    eve = new.queues["duo"]["eve"]
+    assert eve.role_prefs == (("healer", "tank"),)
+    assert eve.latency == {"us": 20.0}
+    effects: list[fx.Effect] = []
+    for player in ("bob", "cat", "dan"):
+        effects.extend(new.accept(key(player), "m1", 7.0))
+    (start,) = [effect for effect in effects if isinstance(effect, fx.StartMatch)]
+    assert start.record.region == "eu"
+    assert start.record.roles == found.roles
+
+
+def test_older_records_still_decode() -> None:
+    info = c.PlayerInfo("ann", "ANN", 1500, 0.0, 0.0)
+    # The fields an older node wrote: no role preferences, latency, members or region.
+    ticket = msgspec.msgpack.encode([info, "n1/s-ann", "duel", 1.0, 3, False])
+    check = msgspec.msgpack.encode(["m1", "duel", [["ann"], ["bob"]], [], 1.0, 11.0, []])
+
+    state = c.TICKET_DECODER.decode(ticket)
+    snapshot = c.CHECK_DECODER.decode(check)
+
+    assert state.role_prefs == []
+    assert state.latency is None
+    assert state.members == []
+    assert snapshot.region is None
+    assert snapshot.roles == {}

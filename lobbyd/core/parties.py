@@ -350,18 +350,22 @@ def _require_member_free(member: Player, rid: int | None) -> None:
 def _party_ticket(members: list[Player], queue: str, now: float, seq: int) -> Ticket:
     """Return one ticket for ``members``, leader first, rated at the members' mean."""
     skills = tuple(member.current_skill for member in members)
-    mean_skill = Skill(statistics.fmean(s.mu for s in skills), statistics.fmean(s.sigma for s in skills))
     return Ticket(
         player=members[0].id,
         queue=queue,
         rating=round(statistics.fmean(member.rating for member in members)),
         waiting_since=now,
         seq=seq,
-        skill=mean_skill,
+        skill=mean_skill(skills),
         members=tuple(member.id for member in members),
         member_ratings=tuple(member.rating for member in members),
         member_skills=skills,
     )
+
+
+def mean_skill(skills: Sequence[Skill]) -> Skill:
+    """Return the skill a party ticket is matched at: the mean mu and the mean sigma of its members."""
+    return Skill(statistics.fmean(s.mu for s in skills), statistics.fmean(s.sigma for s in skills))
 
 
 def _event(name: str, party: PartyState, player: str, **extra: object) -> fx.Event:

@@ -13,15 +13,18 @@ players' presence, the stored tickets and the stored ready checks.
 from __future__ import annotations
 
 import itertools
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import Place, Player, Ticket
+from lobbyd.core.parties import mean_skill
 from lobbyd.core.pool import TicketPool
 from lobbyd.core.ratings import Skill
 from lobbyd.core.ready_check import ReadyCheck
-from lobbyd.protocol.cluster import CheckSnapshot, PlayerInfo, Presence, TicketState, session_key
+from lobbyd.core.roles import RoleAssignment
+from lobbyd.protocol.cluster import CheckSnapshot, PlayerInfo, Presence, RoleState, TicketState, session_key
 
 
 @dataclass(slots=True)
@@ -95,7 +98,11 @@ def ticket_state(lobby: Lobby, player_id: str) -> TicketState | None:
     player = lobby.players.get(player_id)
     if player is None or player.place is not Place.QUEUED or player.queue is None or player.session is None:
         return None
-    ticket = lobby.queues[player.queue][player_id]
+    # A party member other than the leader has no ticket of their own: the
+    # party's ticket is stored under the leader's id.
+    ticket = lobby.queues[player.queue].get(player_id)
+    if ticket is None:
+        return None
     return stored_ticket(player, ticket, player.session)
 
 
@@ -113,6 +120,9 @@ def check_snapshot(lobby: Lobby, match: str) -> CheckSnapshot | None:
         created_at=check.created_at,
         deadline=check.deadline,
         accepted=sorted(check.accepted),
+        region=check.region,
+        roles={player: RoleState(given.role, given.autofilled) for player, given in check.roles.items()},
+        explanation=dict(check.explanation),
     )
 
 
@@ -133,6 +143,11 @@ def stored_ticket(player: Player, ticket: Ticket, session: str) -> TicketState:
         waiting_since=ticket.waiting_since,
         seq=ticket.seq,
         priority=ticket.priority,
+        role_prefs=[list(prefs) for prefs in ticket.role_prefs],
+        latency=dict(ticket.latency) if ticket.latency is not None else None,
+        members=list(ticket.members),
+        member_ratings=list(ticket.member_ratings),
+        member_skills=[(skill.mu, skill.sigma) for skill in ticket.member_skills],
     )
 
 
@@ -180,9 +195,18 @@ def restore(
             created_at=snapshot.created_at,
             deadline=snapshot.deadline,
             accepted=set(snapshot.accepted),
+            explanation=dict(snapshot.explanation),
+            region=snapshot.region,
+            roles={player: RoleAssignment(given.role, given.autofilled) for player, given in snapshot.roles.items()},
         )
+        # The members of a party share one ticket object, as in a live ready check,
+        # so that a cancel requeues the party once.
+        shared: dict[tuple[str, ...], Ticket] = {}
         for state in snapshot.tickets:
-            check.tickets[state.player.id] = restored_ticket(state)
+            ticket = restored_ticket(state)
+            if state.members:
+                ticket = shared.setdefault(tuple(state.members), ticket)
+            check.tickets[state.player.id] = ticket
             seqs.append(state.seq)
             player = _bind(lobby, state, restored)
             player.place, player.queue, player.match = Place.READY_CHECK, None, snapshot.match
@@ -198,9 +222,12 @@ def restore(
             # The queue was removed from the configuration since the ticket was taken.
             restored.stale_tickets.append(state.player.id)
             continue
+        ticket = restored_ticket(state)
+        if ticket.members and not _party_intact(lobby, ticket):
+            restored.stale_tickets.append(state.player.id)
+            continue
         seqs.append(state.seq)
-        lobby.queues[state.queue].add(restored_ticket(state))
-        holder.place, holder.queue = Place.QUEUED, state.queue
+        lobby._add_ticket(holder, ticket)
     lobby._seq = itertools.count(max(seqs) + 1)
     return restored
 
@@ -230,7 +257,45 @@ def new_player(info: PlayerInfo) -> Player:
     return player
 
 
+def _party_intact(lobby: Lobby, ticket: Ticket) -> bool:
+    """Return True when every member of a restored party ticket is connected, idle and still in one party."""
+    members = [lobby.players.get(member) for member in ticket.members]
+    if any(member is None or member.session is None or member.place is not Place.IDLE for member in members):
+        return False
+    party_id = lobby.players[ticket.player].party
+    party = lobby.parties.parties.get(party_id) if party_id is not None else None
+    return party is not None and party.members == list(ticket.members)
+
+
 def restored_ticket(state: TicketState) -> Ticket:
+    """Return the ``Ticket`` that ``state`` stores; a party ticket is keyed by its leader and rated at the mean."""
     info = state.player
+    prefs = tuple(tuple(roles) for roles in state.role_prefs)
+    if state.members:
+        skills = tuple(Skill(mu, sigma) for mu, sigma in state.member_skills)
+        return Ticket(
+            state.members[0],
+            state.queue,
+            round(statistics.fmean(state.member_ratings)),
+            state.waiting_since,
+            state.seq,
+            state.priority,
+            mean_skill(skills),
+            members=tuple(state.members),
+            member_ratings=tuple(state.member_ratings),
+            member_skills=skills,
+            role_prefs=prefs,
+            latency=state.latency,
+        )
     skill = Skill(info.mu, info.sigma) if info.mu is not None and info.sigma is not None else None
-    return Ticket(info.id, state.queue, info.rating, state.waiting_since, state.seq, state.priority, skill)
+    return Ticket(
+        info.id,
+        state.queue,
+        info.rating,
+        state.waiting_since,
+        state.seq,
+        state.priority,
+        skill,
+        role_prefs=prefs,
+        latency=state.latency,
+    )

@@ -14,7 +14,7 @@ the identifier alphabet, which has no ``/``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -116,7 +116,14 @@ class Delivery(msgspec.Struct, frozen=True, array_like=True):
 
 
 class TicketState(msgspec.Struct, frozen=True, array_like=True):
-    """A queue ticket as stored in Redis, with the session key it belongs to."""
+    """A queue ticket as stored in Redis, with the session key it belongs to.
+
+    ``role_prefs`` and ``latency`` are the ticket's as in ``Ticket``. A party ticket
+    is stored once, under its leader. It lists every member in ``members``, leader
+    first, with each member's rating and (mu, sigma) in ``member_ratings`` and
+    ``member_skills``. A solo ticket leaves the three empty. Fields after ``priority``
+    have defaults, so records written by an older node still decode.
+    """
 
     player: PlayerInfo
     session: str
@@ -124,10 +131,25 @@ class TicketState(msgspec.Struct, frozen=True, array_like=True):
     waiting_since: float
     seq: int
     priority: bool
+    role_prefs: list[list[str]] = msgspec.field(default_factory=list)
+    latency: dict[str, float] | None = None
+    members: list[str] = msgspec.field(default_factory=list)
+    member_ratings: list[int] = msgspec.field(default_factory=list)
+    member_skills: list[tuple[float, float]] = msgspec.field(default_factory=list)
+
+
+class RoleState(msgspec.Struct, frozen=True, array_like=True):
+    """One player's role in a ready check of a role queue."""
+
+    role: str
+    autofilled: bool
 
 
 class CheckSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    """A pending ready check as stored in Redis."""
+    """A pending ready check as stored in Redis.
+
+    Fields after ``accepted`` have defaults, so records written by an older node still decode.
+    """
 
     match: str
     queue: str
@@ -136,6 +158,12 @@ class CheckSnapshot(msgspec.Struct, frozen=True, array_like=True):
     created_at: float
     deadline: float
     accepted: list[str]
+    region: str | None = None
+    """The region the matchmaker chose; None in records of older nodes, which use the queue's."""
+    roles: dict[str, RoleState] = msgspec.field(default_factory=dict)
+    """Each player's role in a role queue, by player id."""
+    explanation: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The matchmaker's explanation of the match, as ``ReadyCheck.explanation``."""
 
 
 class StartingMatch(msgspec.Struct, frozen=True, array_like=True):

@@ -1,0 +1,108 @@
+"""Role and latency queues, dodge penalties and parties on a cluster of three lobbyd processes.
+
+Each feature works across nodes as on one daemon, and survives the leader's death,
+because the new leader rebuilds it from Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from lobbyd.client import LobbyClient
+from tests.cluster import Cluster, login, wait_until
+from tests.daemon import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+QUEUES = """
+[queues.1v1]
+team_count = 2
+team_size = 1
+
+[queues.duo]
+team_count = 2
+team_size = 2
+window_start = 1000.0
+roles = ["tank", "healer"]
+latency_steps = [{after_s = 0, limit = 80}]
+party_sizes = [1, 2]
+"""
+
+# Long enough that a ready check outlives a failover on a busy machine.
+READY_MS = 30_000
+
+
+@pytest.fixture
+async def opened() -> Any:
+    """Collect the clients a test opens and close them afterwards, even when it fails."""
+    clients: list[LobbyClient] = []
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+async def track(opened: list[LobbyClient], daemon: DaemonProcess, player: str) -> LobbyClient:
+    client = await login(daemon, player)
+    opened.append(client)
+    return client
+
+
+async def start_three(cluster: Cluster, **settings: Any) -> tuple[DaemonProcess, list[DaemonProcess]]:
+    """Start three nodes; return the leader's node and the two others."""
+    nodes = cluster.start_many(3, config=QUEUES, ready_check_timeout_ms=READY_MS, **settings)
+    leader, _ = await cluster.wait_for_leader()
+    dead = cluster.nodes[leader]
+    return dead, [daemon for daemon in nodes if daemon is not dead]
+
+
+async def kill_leader(cluster: Cluster, leader: DaemonProcess) -> None:
+    old = next(node for node, daemon in cluster.nodes.items() if daemon is leader)
+    leader.process.send_signal(signal.SIGKILL)
+    await cluster.wait_for_leader(timeout=20, not_node=old)
+
+
+async def test_roles_region_survive_leader_kill(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    dead, survivors = await start_three(cluster)
+    prefs = {"ann": ["tank"], "bob": ["healer"], "cat": ["tank"], "dan": ["healer"]}
+    clients = {player: await track(opened, survivors[index % 2], player) for index, player in enumerate(prefs)}
+    latency = {"eu": 30.0, "us": 60.0}
+    for player, client in clients.items():
+        rid = await client.request("join_queue", queue="duo", roles=prefs[player], latency=latency)
+        assert await client.recv_type("queued", "error") == {"type": "queued", "queue": "duo", "rid": rid}
+    found = {player: await client.recv_type("match_found", timeout=15) for player, client in clients.items()}
+    match = found["ann"]["match"]
+    assert {message["region"] for message in found.values()} == {"eu"}
+    assert {player: message["role"] for player, message in found.items()} == {
+        player: roles[0] for player, roles in prefs.items()
+    }
+    for player in ("ann", "bob"):
+        await clients[player].request("accept", match=match)
+        await clients[player].recv_type("accepted")
+    # A fifth player waits in the queue with a latency that fits no one else's region.
+    eve = await track(opened, survivors[0], "eve")
+    await eve.request("join_queue", queue="duo", roles=["healer", "tank"], latency={"us": 20.0})
+    await eve.recv_type("queued")
+    await wait_until(lambda: "eve" in cluster.tickets(), message="eve's ticket in Redis")
+
+    await kill_leader(cluster, dead)
+
+    await wait_until(lambda: cluster.leader() is not None, timeout=20, message="a new leader")
+    ticket = cluster.tickets()["eve"]
+    assert ticket.role_prefs == [["healer", "tank"]]
+    assert ticket.latency == {"us": 20.0}
+    check = cluster.checks()[match]
+    assert check.region == "eu"
+    assert {player: given.role for player, given in check.roles.items()} == {
+        player: roles[0] for player, roles in prefs.items()
+    }
+    assert sorted(check.accepted) == ["ann", "bob"]
+    for player in ("cat", "dan"):
+        await clients[player].request("accept", match=match)
+    starts = {player: await client.recv_type("match_start", timeout=15) for player, client in clients.items()}
+    for player, start in starts.items():
+        assert start["match"] == match
+        assert start["region"] == "eu"
+        assert start["role"] == prefs[player][0]
