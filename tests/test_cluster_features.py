@@ -6,18 +6,24 @@ because the new leader rebuilds it from Redis and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import time
 from typing import Any
 
 import pytest
 
 from lobbyd.client import LobbyClient
+from lobbyd.core.model import PlayerRecord
+from lobbyd.store.postgres import PostgresStore
 from tests.cluster import Cluster, login, wait_until
 from tests.daemon import DaemonProcess
 
 pytestmark = pytest.mark.slow
 
 QUEUES = """
+dodge_lockouts_s = [600]
+
 [queues.1v1]
 team_count = 2
 team_size = 1
@@ -56,6 +62,25 @@ async def start_three(cluster: Cluster, **settings: Any) -> tuple[DaemonProcess,
     leader, _ = await cluster.wait_for_leader()
     dead = cluster.nodes[leader]
     return dead, [daemon for daemon in nodes if daemon is not dead]
+
+
+async def stored_player(cluster: Cluster, player: str) -> PlayerRecord | None:
+    store = PostgresStore(cluster.pg_dsn, schema=cluster.schema)
+    await store.open()
+    try:
+        return await store.load_player(player)
+    finally:
+        await store.close()
+
+
+async def expect_locked(client: LobbyClient) -> dict[str, Any]:
+    rid = await client.request("join_queue", queue="1v1")
+    error = await client.recv_type("queued", "error", timeout=15)
+    assert error["type"] == "error", error
+    assert error["code"] == "queue_locked"
+    assert error["rid"] == rid
+    assert 0 < error["retry_after_ms"] <= 600_000
+    return error
 
 
 async def kill_leader(cluster: Cluster, leader: DaemonProcess) -> None:
@@ -106,3 +131,51 @@ async def test_roles_region_survive_leader_kill(cluster: Cluster, opened: list[L
         assert start["match"] == match
         assert start["region"] == "eu"
         assert start["role"] == prefs[player][0]
+
+
+async def test_decline_locks_out_on_other_node(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    dead, (node_a, node_b) = await start_three(cluster)
+    dodger = await track(opened, node_a, "dodger")
+    partner = await track(opened, node_b, "partner")
+    for client in (dodger, partner):
+        await client.request("join_queue", queue="1v1")
+        await client.recv_type("queued")
+    match = (await dodger.recv_type("match_found", timeout=15))["match"]
+    await dodger.request("decline", match=match)
+    cancelled = await dodger.recv_type("match_cancelled")
+    assert cancelled["penalty_level"] == 1
+    assert cancelled["lockout_ms"] > 590_000
+
+    # The leader's flusher stores the penalty in PostgreSQL.
+    async def penalised() -> bool:
+        record = await stored_player(cluster, "dodger")
+        return record is not None and record.penalty_level == 1
+
+    for _ in range(100):
+        if await penalised():
+            break
+        await asyncio.sleep(0.1)
+    record = await stored_player(cluster, "dodger")
+    assert record is not None
+    assert record.penalty_level == 1
+    assert record.locked_until > time.time() + 590
+
+    # The same player on another node is locked out, by the leader's memory.
+    await dodger.close()
+    moved = await track(opened, node_b, "dodger")
+    await expect_locked(moved)
+
+    await kill_leader(cluster, dead)
+
+    # A new leader rebuilds the penalty of a connected player and of a new login.
+    await expect_locked(moved)
+    await moved.close()
+    back = await track(opened, node_a, "dodger")
+    await expect_locked(back)
+    # Logins on other nodes wrote the player again without undoing the penalty.
+    record = await stored_player(cluster, "dodger")
+    assert record is not None
+    assert record.penalty_level == 1
+    # The partner, who did not decline, is free to queue.
+    rid = await partner.request("join_queue", queue="1v1")
+    assert await partner.recv_type("queued", "error", timeout=15) == {"type": "queued", "queue": "1v1", "rid": rid}

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import Place, Player, Ticket
+from lobbyd.core.model import Place, Player, PlayerRecord, Ticket
 from lobbyd.core.parties import mean_skill
+from lobbyd.core.penalties import Penalty
 from lobbyd.core.pool import TicketPool
 from lobbyd.core.ratings import Skill
 from lobbyd.core.ready_check import ReadyCheck
@@ -89,8 +90,53 @@ def player_info(player: Player) -> PlayerInfo:
     mu = player.skill.mu if player.skill is not None else None
     sigma = player.skill.sigma if player.skill is not None else None
     return PlayerInfo(
-        player.id, player.name, player.rating, player.first_seen, player.last_seen, mu, sigma, player.games, player.wins
+        player.id,
+        player.name,
+        player.rating,
+        player.first_seen,
+        player.last_seen,
+        mu,
+        sigma,
+        player.games,
+        player.wins,
+        player.penalty_level,
+        player.penalty_since,
+        player.locked_until,
     )
+
+
+def player_record(info: PlayerInfo) -> PlayerRecord:
+    """Return the store's record of the player ``info`` describes."""
+    return PlayerRecord(
+        info.id,
+        info.name,
+        info.rating,
+        info.first_seen,
+        info.last_seen,
+        info.mu,
+        info.sigma,
+        info.games,
+        info.wins,
+        info.penalty_level,
+        info.penalty_since,
+        info.locked_until,
+    )
+
+
+def refresh_penalties(lobby: Lobby, records: Iterable[PlayerRecord | PlayerInfo]) -> int:
+    """Take the dodge penalty of each record whose last dodge is later than the lobby player's.
+
+    A penalty only grows by a new dodge, which moves ``penalty_since`` forward, so
+    the later one is the current standing. Returns how many players changed.
+    """
+    changed = 0
+    for record in records:
+        player = lobby.players.get(record.id)
+        if player is None or record.penalty_since <= player.penalty_since:
+            continue
+        player.penalty = Penalty(record.penalty_level, record.penalty_since, record.locked_until)
+        changed += 1
+    return changed
 
 
 def ticket_state(lobby: Lobby, player_id: str) -> TicketState | None:
@@ -252,6 +298,7 @@ def _bind(lobby: Lobby, state: TicketState, restored: Restored) -> Player:
 def new_player(info: PlayerInfo) -> Player:
     """Return an offline, idle player with the record ``info`` carries."""
     player = Player(info.id, info.name, info.rating, info.first_seen, info.last_seen, games=info.games, wins=info.wins)
+    player.penalty = Penalty(info.penalty_level, info.penalty_since, info.locked_until)
     if info.mu is not None and info.sigma is not None:
         player.skill = Skill(info.mu, info.sigma)
     return player

@@ -56,7 +56,9 @@ def split_session_key(key: str) -> tuple[str, str]:
 class PlayerInfo(msgspec.Struct, frozen=True, array_like=True):
     """A player's stored record, carried so the leader needs no database read.
 
-    ``mu`` and ``sigma`` are None before the first rated match, as in ``PlayerRecord``.
+    ``mu`` and ``sigma`` are None before the first rated match, and the three
+    penalty fields are the dodge penalty standing, as in ``PlayerRecord``. Older
+    nodes wrote no penalty fields, which then decode as a clean record.
     """
 
     id: str
@@ -68,6 +70,9 @@ class PlayerInfo(msgspec.Struct, frozen=True, array_like=True):
     sigma: float | None = None
     games: int = 0
     wins: int = 0
+    penalty_level: int = 0
+    penalty_since: float = 0.0
+    locked_until: float = 0.0
 
 
 class Presence(msgspec.Struct, frozen=True):

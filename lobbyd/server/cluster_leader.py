@@ -54,7 +54,14 @@ from lobbyd.core.hosting_snapshot import (
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.match_start import match_start
 from lobbyd.core.model import LobbySettings, MatchRecord, MatchState, Place, PlayerRecord, QueueRules
-from lobbyd.core.snapshot import check_snapshot, restore, ticket_state, track
+from lobbyd.core.snapshot import (
+    check_snapshot,
+    player_record,
+    refresh_penalties,
+    restore,
+    ticket_state,
+    track,
+)
 from lobbyd.errors import InvalidSecret, RemoteError, SharedStateError, StoreError
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
@@ -282,7 +289,7 @@ class LeaderTerm:
         restore_hosting(self.lobby, snapshot.servers, snapshot.hosted, snapshot.ended)
 
     async def _refresh_ratings(self, snapshot: Snapshot) -> None:
-        """Bring the restored players' ratings up to the results stored or in flight since they logged in."""
+        """Bring the restored players' ratings and dodge penalties up to those stored or in flight since login."""
         records = [PLAYER_RECORD_DECODER.decode(raw) for finishing in snapshot.finishing for raw in finishing.players]
         try:
             stored = await self.persistence.store.load_players(list(self.lobby.players))
@@ -292,8 +299,9 @@ class LeaderTerm:
             log.error("leader_ratings_load_failed", error=str(exc), players=len(self.lobby.players))
             stored = {}
         changed = refresh_ratings(self.lobby, [*stored.values(), *records])
-        if changed:
-            log.info("leader_ratings_refreshed", players=changed)
+        penalised = refresh_penalties(self.lobby, stored.values())
+        if changed or penalised:
+            log.info("leader_ratings_refreshed", players=changed, penalties=penalised)
 
     # Requests.
 
@@ -312,7 +320,8 @@ class LeaderTerm:
             elif self._attach(forward, forward.player, key, now, batch.effects):
                 batch.effects.extend(self._dispatch(forward, key, now))
         except RemoteError as exc:
-            batch.effects.append(fx.Send(key, m.Error(code=exc.code, message=exc.message, rid=exc.rid)))
+            error = m.Error(code=exc.code, message=exc.message, rid=exc.rid, retry_after_ms=exc.retry_after_ms)
+            batch.effects.append(fx.Send(key, error))
         except Exception:
             player = forward.player.id if forward.player is not None else None
             log.exception("forwarded_request_failed", session=key, player=player)
@@ -345,9 +354,10 @@ class LeaderTerm:
         if newest is not None and newest > forward.since:
             # A request of a session that a later login replaced; its node closes it.
             return False
-        record = PlayerRecord(
-            info.id, info.name, info.rating, info.first_seen, info.last_seen, info.mu, info.sigma, info.games, info.wins
-        )
+        # The node read the record at login; the lobby's own copy of a known player is
+        # newer, except for a dodge penalty a former leader stored since.
+        refresh_penalties(self.lobby, [info])
+        record = player_record(info)
         # The node already sent welcome and kicked any older session, so those
         # effects of connect are dropped; the old session's queue place still ends.
         for effect in self.lobby.connect(key, record, player_id, None, now):

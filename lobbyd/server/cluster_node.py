@@ -44,7 +44,8 @@ from typing import Final
 
 import msgspec
 
-from lobbyd.core.model import DEFAULT_RATING, PlayerRecord
+from lobbyd.core.model import DEFAULT_RATING
+from lobbyd.core.snapshot import player_record
 from lobbyd.errors import SharedStateError, ShuttingDown, Unavailable
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
@@ -362,7 +363,9 @@ class ClusterNode:
             rid=hello.rid,
         )
         self._resolve(session, tracked, _LOGIN, welcome)
-        self.persistence.mark_player(PlayerRecord(info.id, info.name, info.rating, info.first_seen, info.last_seen))
+        # The whole record goes back, so that the write keeps the player's rating and
+        # penalty; the store keeps whichever penalty is the later one.
+        self.persistence.mark_player(player_record(info))
         log.info("player_connected", player=hello.player, session=session.id, node=self.node)
 
     async def _kick(self, other: c.Presence) -> None:
@@ -585,5 +588,8 @@ def _player_info(login: Login, now: float) -> c.PlayerInfo:
         sigma=record.sigma if record else None,
         games=record.games if record else 0,
         wins=record.wins if record else 0,
+        penalty_level=record.penalty_level if record else 0,
+        penalty_since=record.penalty_since if record else 0.0,
+        locked_until=record.locked_until if record else 0.0,
     )
 
