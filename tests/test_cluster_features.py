@@ -28,6 +28,17 @@ dodge_lockouts_s = [600]
 team_count = 2
 team_size = 1
 
+[queues.pair]
+team_count = 2
+team_size = 2
+window_start = 1000.0
+party_sizes = [1, 2]
+
+[queues.pair_b]
+team_count = 2
+team_size = 2
+party_sizes = [1, 2]
+
 [queues.duo]
 team_count = 2
 team_size = 2
@@ -179,3 +190,108 @@ async def test_decline_locks_out_on_other_node(cluster: Cluster, opened: list[Lo
     # The partner, who did not decline, is free to queue.
     rid = await partner.request("join_queue", queue="1v1")
     assert await partner.recv_type("queued", "error", timeout=15) == {"type": "queued", "queue": "1v1", "rid": rid}
+
+
+async def form_party(leader: LobbyClient, member: LobbyClient, member_id: str) -> str:
+    """Make a party of ``leader`` and ``member``, who are on different nodes; return its id."""
+    await leader.request("create_party")
+    party = (await leader.recv_type("party"))["party"]
+    await leader.request("invite_to_party", player=member_id)
+    assert (await leader.recv_type("party"))["reason"] == "invited"
+    invite = await member.recv_type("party_invite", timeout=15)
+    assert invite["party"] == party
+    await member.request("join_party", party=party)
+    for client in (leader, member):
+        roster = await client.recv_type("party", timeout=15)
+        assert roster["reason"] == "joined"
+        assert roster["members"][1] == member_id
+    return party
+
+
+async def queue_party(leader: LobbyClient, member: LobbyClient, queue: str = "pair") -> None:
+    await leader.request("join_queue", queue=queue)
+    for client in (leader, member):
+        assert (await client.recv_type("queued", timeout=15))["queue"] == queue
+
+
+async def play_pair(clients: dict[str, LobbyClient]) -> list[list[str]]:
+    """Accept the match the four ``clients`` were found for; return its teams."""
+    found = {player: await client.recv_type("match_found", timeout=15) for player, client in clients.items()}
+    match = found[next(iter(found))]["match"]
+    assert {message["match"] for message in found.values()} == {match}
+    for client in clients.values():
+        await client.request("accept", match=match)
+    starts = [await client.recv_type("match_start", timeout=15) for client in clients.values()]
+    teams: list[list[str]] = starts[0]["teams"]
+    return teams
+
+
+async def test_party_across_nodes(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    _, (node_a, node_b) = await start_three(cluster)
+    lea = await track(opened, node_a, "lea")
+    mem = await track(opened, node_b, "mem")
+    party = await form_party(lea, mem, "mem")
+    await wait_until(lambda: "party" in str(cluster.redis_hash("parties")), message="the party in Redis")
+    assert list(cluster.redis_hash("parties")) == [party]
+
+    # A member leaving the queued party takes the ticket out and tells both.
+    await queue_party(lea, mem)
+    await wait_until(lambda: cluster.tickets().get("lea") is not None, message="the party ticket in Redis")
+    assert cluster.tickets()["lea"].members == ["lea", "mem"]
+    await mem.request("leave_party")
+    for client in (lea, mem):
+        left = await client.recv_type("left_queue", timeout=15)
+        assert left["reason"] == "party_changed"
+    assert (await mem.recv_type("party_left"))["reason"] == "left"
+    assert (await lea.recv_type("party"))["members"] == ["lea"]
+    await wait_until(lambda: cluster.tickets() == {}, message="the party ticket removed")
+
+    # Together again, the party plays on one team against two solo players.
+    await lea.request("invite_to_party", player="mem")
+    await lea.recv_type("party")
+    await mem.recv_type("party_invite", timeout=15)
+    await mem.request("join_party", party=party)
+    for client in (lea, mem):
+        await client.recv_type("party", timeout=15)
+    await queue_party(lea, mem)
+    solos = {player: await track(opened, node, player) for player, node in (("s1", node_a), ("s2", node_b))}
+    for client in solos.values():
+        await client.request("join_queue", queue="pair")
+        await client.recv_type("queued")
+    teams = await play_pair({"lea": lea, "mem": mem, **solos})
+    assert sorted(["lea", "mem"]) in [sorted(team) for team in teams]
+
+
+async def test_party_survives_leader_kill(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    dead, (node_a, node_b) = await start_three(cluster)
+    lea = await track(opened, node_a, "lea")
+    mem = await track(opened, node_b, "mem")
+    party = await form_party(lea, mem, "mem")
+    await queue_party(lea, mem)
+    # A second party, in a queue of its own, whose member is on the leader's node, which dies.
+    boss = await track(opened, node_a, "boss")
+    doomed = await track(opened, dead, "doomed")
+    await form_party(boss, doomed, "doomed")
+    await queue_party(boss, doomed, "pair_b")
+    await wait_until(lambda: set(cluster.tickets()) == {"lea", "boss"}, message="both party tickets in Redis")
+
+    await kill_leader(cluster, dead)
+
+    # The dead node's member is disconnected: their party's ticket ends.
+    left = await boss.recv_type("left_queue", timeout=20)
+    assert left["reason"] == "party_changed"
+    roster = await boss.recv_type("party", timeout=15)
+    assert roster["members"] == ["boss"]
+    assert roster["reason"] == "disconnected"
+    await wait_until(lambda: set(cluster.tickets()) == {"lea"}, timeout=15, message="only lea's party queued")
+    # The other party is still queued whole, and plays on one team.
+    solos = {player: await track(opened, node, player) for player, node in (("s1", node_a), ("s2", node_b))}
+    for client in solos.values():
+        await client.request("join_queue", queue="pair")
+        await client.recv_type("queued", timeout=15)
+    teams = await play_pair({"lea": lea, "mem": mem, **solos})
+    assert sorted(["lea", "mem"]) in [sorted(team) for team in teams]
+    await lea.request("leave_party")
+    assert (await mem.recv_type("party", timeout=15)) == {
+        "type": "party", "party": party, "leader": "mem", "members": ["mem"], "invited": [], "reason": "left"
+    }

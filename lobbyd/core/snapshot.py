@@ -18,14 +18,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lobbyd.core.lobby import Lobby
-from lobbyd.core.model import Place, Player, PlayerRecord, Ticket
+from lobbyd.core.model import DEFAULT_RATING, Place, Player, PlayerRecord, Ticket
 from lobbyd.core.parties import mean_skill
 from lobbyd.core.penalties import Penalty
 from lobbyd.core.pool import TicketPool
 from lobbyd.core.ratings import Skill
 from lobbyd.core.ready_check import ReadyCheck
 from lobbyd.core.roles import RoleAssignment
-from lobbyd.protocol.cluster import CheckSnapshot, PlayerInfo, Presence, RoleState, TicketState, session_key
+from lobbyd.protocol.cluster import (
+    CheckSnapshot,
+    PartyRecord,
+    PlayerInfo,
+    Presence,
+    RoleState,
+    TicketState,
+    session_key,
+)
 
 
 @dataclass(slots=True)
@@ -205,12 +213,16 @@ class Restored:
     the caller disconnects each, which cancels the check for the others, then binds
     the player's current session from ``rebind`` if there is one. ``stale_tickets``
     are players whose stored ticket belongs to a session that is gone; the caller
-    deletes those tickets from storage.
+    deletes those tickets from storage. ``absent`` lists the party members whose
+    session is gone.
     """
 
     orphans: list[str] = field(default_factory=list)
     rebind: dict[str, str] = field(default_factory=dict)
     stale_tickets: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+    """Party members with no presence and no ready check: each is an offline stand-in
+    that the caller removes from their party as a disconnect would, then deletes."""
 
 
 def restore(
@@ -218,8 +230,9 @@ def restore(
     presence: Mapping[str, Presence],
     tickets: Iterable[TicketState],
     checks: Iterable[CheckSnapshot],
+    parties: Iterable[PartyRecord] = (),
 ) -> Restored:
-    """Fill the empty ``lobby`` with connected players, their tickets and ready checks.
+    """Fill the empty ``lobby`` with connected players, their parties, tickets and ready checks.
 
     Tickets keep their wait, priority and arrival order. A ticket or ready check is
     only bound to the session recorded with it; see ``Restored`` for the others.
@@ -258,10 +271,16 @@ def restore(
             player.place, player.queue, player.match = Place.READY_CHECK, None, snapshot.match
         lobby.checks[snapshot.match] = check
 
+    for record in parties:
+        _restore_party(lobby, record, restored)
+
     # A pool expects tickets to join oldest first, as they do in a live queue.
     for state in sorted(tickets, key=lambda t: (t.waiting_since, t.seq)):
         holder = lobby.players.get(state.player.id)
-        if holder is None or holder.session != state.session or holder.place is not Place.IDLE:
+        # A party ticket whose leader is gone is put back too, so that removing the
+        # leader from the party ends it and tells the other members.
+        gone_leader = holder is not None and holder.id in restored.absent and bool(state.members)
+        if holder is None or (holder.session != state.session and not gone_leader) or holder.place is not Place.IDLE:
             restored.stale_tickets.append(state.player.id)
             continue
         if state.queue not in lobby.queues:
@@ -304,10 +323,33 @@ def new_player(info: PlayerInfo) -> Player:
     return player
 
 
+def _restore_party(lobby: Lobby, record: PartyRecord, restored: Restored) -> None:
+    """Put back one stored party; a member with no player in the lobby gets an offline stand-in."""
+    for member in record.members:
+        if member not in lobby.players:
+            lobby.players[member] = Player(member, member, DEFAULT_RATING, 0.0, 0.0)
+            restored.absent.append(member)
+    online = [invitee for invitee in record.invited if (found := lobby.players.get(invitee)) and found.session]
+    lobby.parties.restore(record.id, record.members, online)
+
+
+def party_record(lobby: Lobby, party_id: str) -> PartyRecord | None:
+    """Return the stored form of party ``party_id``, or ``None`` when it was disbanded."""
+    party = lobby.parties.parties.get(party_id)
+    if party is None:
+        return None
+    return PartyRecord(party.id, list(party.members), sorted(party.invited))
+
+
 def _party_intact(lobby: Lobby, ticket: Ticket) -> bool:
-    """Return True when every member of a restored party ticket is connected, idle and still in one party."""
+    """Return True when every member of a restored party ticket is idle and still in one party.
+
+    A member whose session is gone still counts: the caller removes them from the
+    party afterwards, which ends the ticket and tells the other members, as a
+    disconnect does.
+    """
     members = [lobby.players.get(member) for member in ticket.members]
-    if any(member is None or member.session is None or member.place is not Place.IDLE for member in members):
+    if any(member is None or member.place is not Place.IDLE for member in members):
         return False
     party_id = lobby.players[ticket.player].party
     party = lobby.parties.parties.get(party_id) if party_id is not None else None

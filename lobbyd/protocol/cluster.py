@@ -4,8 +4,8 @@ Nodes never talk to each other directly. A node forwards its sessions' lobby
 requests to the leader as ``Forward`` entries of one stream; the leader sends what
 each session must receive as ``Delivery`` entries of that session's node's stream;
 and the leader keeps its matchmaking state in Redis as ``TicketState``,
-``CheckSnapshot``, ``StartingMatch``, ``ServerState``, ``HostedState``,
-``EndedState`` and ``FinishingMatch`` records, which a new leader rebuilds its
+``CheckSnapshot``, ``PartyRecord``, ``StartingMatch``, ``ServerState``,
+``HostedState``, ``EndedState`` and ``FinishingMatch`` records, which a new leader rebuilds its
 memory from. ``Presence`` says which node and session a player is connected on.
 
 Session keys name a session across the cluster: ``NODE/SESSION``. Node ids follow
@@ -22,11 +22,18 @@ from lobbyd.protocol.messages import (
     Accept,
     Allocated,
     AllocationRefused,
+    CreateParty,
     Decline,
+    DeclineParty,
     GetProfile,
+    InviteToParty,
+    JoinParty,
     JoinQueue,
+    KickFromParty,
+    LeaveParty,
     LeaveQueue,
     MatchResult,
+    PromoteInParty,
     Register,
     ReleasePlayer,
     ServerMessage,
@@ -36,11 +43,12 @@ from lobbyd.protocol.messages import (
 # blanked, because the node checked it and Redis is no place for secrets.
 LobbyRequest = (
     JoinQueue | LeaveQueue | Accept | Decline | GetProfile | Register | Allocated | AllocationRefused | MatchResult
-    | ReleasePlayer
+    | ReleasePlayer | CreateParty | InviteToParty | JoinParty | DeclineParty | LeaveParty | KickFromParty
+    | PromoteInParty
 )
 FORWARDED_TYPES: Final = (
     JoinQueue, LeaveQueue, Accept, Decline, GetProfile, Register, Allocated, AllocationRefused, MatchResult,
-    ReleasePlayer,
+    ReleasePlayer, CreateParty, InviteToParty, JoinParty, DeclineParty, LeaveParty, KickFromParty, PromoteInParty,
 )
 
 
@@ -89,9 +97,11 @@ class Forward(msgspec.Struct, frozen=True, array_like=True):
 
     ``seq`` numbers the requests of one session that wait for the leader; the
     delivery that answers it lists it in ``done``. ``request`` is ``None`` for the
-    two requests sessions do not send themselves: ``gone`` (the connection closed)
-    and ``sync`` (after an outage, tell the player whether they are still queued
-    in ``believed_queue``). ``player`` is ``None`` for a game server's session.
+    three requests sessions do not send themselves: ``gone`` (the connection closed),
+    ``sync`` (after an outage, tell the player whether they are still queued in
+    ``believed_queue``) and ``login`` (the player logged in, so that the leader can
+    route a party invite to them before their first request). ``player`` is
+    ``None`` for a game server's session.
     """
 
     node: str
@@ -103,6 +113,7 @@ class Forward(msgspec.Struct, frozen=True, array_like=True):
     gone: bool = False
     sync: bool = False
     believed_queue: str | None = None
+    login: bool = False
 
 
 class Delivery(msgspec.Struct, frozen=True, array_like=True):
@@ -169,6 +180,14 @@ class CheckSnapshot(msgspec.Struct, frozen=True, array_like=True):
     """Each player's role in a role queue, by player id."""
     explanation: dict[str, Any] = msgspec.field(default_factory=dict)
     """The matchmaker's explanation of the match, as ``ReadyCheck.explanation``."""
+
+
+class PartyRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A party as stored in Redis: its members, leader first, and the players it invited."""
+
+    id: str
+    members: list[str]
+    invited: list[str]
 
 
 class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
@@ -258,6 +277,7 @@ SERVER_DECODER: Final = msgspec.msgpack.Decoder(ServerState)
 HOSTED_DECODER: Final = msgspec.msgpack.Decoder(HostedState)
 ENDED_DECODER: Final = msgspec.msgpack.Decoder(EndedState)
 FINISHING_DECODER: Final = msgspec.msgpack.Decoder(FinishingMatch)
+PARTY_DECODER: Final = msgspec.msgpack.Decoder(PartyRecord)
 # Presence is JSON because the Redis scripts read its ``since`` with cjson.
 PRESENCE_ENCODER: Final = msgspec.json.Encoder()
 PRESENCE_DECODER: Final = msgspec.json.Decoder(Presence)

@@ -54,8 +54,10 @@ from lobbyd.core.hosting_snapshot import (
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.match_start import match_start
 from lobbyd.core.model import LobbySettings, MatchRecord, MatchState, Place, PlayerRecord, QueueRules
+from lobbyd.core.parties import PARTY_REQUESTS
 from lobbyd.core.snapshot import (
     check_snapshot,
+    party_record,
     player_record,
     refresh_penalties,
     restore,
@@ -241,7 +243,7 @@ class LeaderTerm:
         """Build the lobby from the shared state, then end what the old leader left half done."""
         began = time.perf_counter()
         snapshot = await self.state.snapshot()
-        restored = restore(self.lobby, snapshot.presence, snapshot.tickets, snapshot.checks)
+        restored = restore(self.lobby, snapshot.presence, snapshot.tickets, snapshot.checks, snapshot.parties)
         self._restore_hosting(snapshot)
         await self._refresh_ratings(snapshot)
         self.cursor = snapshot.cursor
@@ -258,6 +260,7 @@ class LeaderTerm:
                 # The player's newer session, seen in the presence map, is bound again.
                 self.lobby.players[player_id].session = current
                 self.lobby.sessions[current] = player_id
+        effects.extend(self._drop_absent(restored.absent, now))
         commit, outcome = self._build([_Batch(effects)])
         commit.ticket_deletes.update(restored.stale_tickets)
         await self._write(commit, outcome)
@@ -276,9 +279,26 @@ class LeaderTerm:
             game_servers=len(snapshot.servers),
             hosted_matches=len(snapshot.hosted),
             finishing=len(snapshot.finishing),
+            parties=len(self.lobby.parties.parties),
             orphans=len(restored.orphans),
+            absent_party_members=len(restored.absent),
             rebuild_ms=round((time.perf_counter() - began) * 1000, 2),
         )
+
+    def _drop_absent(self, absent: list[str], now: float) -> list[fx.Effect]:
+        """Remove party members whose session is gone from their party, as a disconnect does, then forget them.
+
+        Their party's ticket or ready check ends and the other members are told.
+        """
+        effects: list[fx.Effect] = []
+        for player_id in absent:
+            player = self.lobby.players[player_id]
+            if player.party is not None:
+                effects.extend(self.lobby.parties.remove_member(player, "disconnected", now))
+            if player.session is None and player.place is Place.IDLE:
+                # The stand-in has no stored record; a later login loads the real one.
+                del self.lobby.players[player_id]
+        return effects
 
     def _restore_hosting(self, snapshot: Snapshot) -> None:
         if self.lobby.hosting is None:
@@ -354,8 +374,8 @@ class LeaderTerm:
         if newest is not None and newest > forward.since:
             # A request of a session that a later login replaced; its node closes it.
             return False
-        # The node read the record at login; the lobby's own copy of a known player is
-        # newer, except for a dodge penalty a former leader stored since.
+        # The node read the record at login, so the lobby's own copy of a known player
+        # is newer. A dodge penalty that a former leader stored since is the exception.
         refresh_penalties(self.lobby, [info])
         record = player_record(info)
         # The node already sent welcome and kicked any older session, so those
@@ -384,6 +404,8 @@ class LeaderTerm:
             return self.lobby.decline(key, request.match, now, request.rid)
         if isinstance(request, m.GetProfile):
             return self.lobby.profile(key, request.rid)
+        if isinstance(request, PARTY_REQUESTS):
+            return self.lobby.parties.handle(key, request, now)
         if request is not None:
             # A game server's request on a player's session.
             game_server_session.check_player_request(request)
@@ -477,7 +499,8 @@ class LeaderTerm:
             commit.presence_deletes.extend(batch.presence_deletes)
             messages: dict[str, list[m.ServerMessage]] = {}
             closes: dict[str, str] = {}
-            if batch.requester is not None:
+            if batch.requester is not None and batch.seq > 0:
+                # The session's node waits for the reply to this request.
                 messages[batch.requester] = []
             for effect in batch.effects:
                 if isinstance(effect, fx.Close):
@@ -494,6 +517,9 @@ class LeaderTerm:
             _stage(commit.tickets, commit.ticket_deletes, player_id, ticket_state(self.lobby, player_id))
         for match in matches:
             _stage(commit.checks, commit.check_deletes, match, check_snapshot(self.lobby, match))
+        touched, self.lobby.parties.touched = self.lobby.parties.touched, set()
+        for party_id in touched:
+            _stage(commit.parties, commit.party_deletes, party_id, party_record(self.lobby, party_id))
         if self.hosting_changes is not None:
             self._build_hosting(commit)
         return commit, outcome

@@ -7,7 +7,7 @@ session request to ``ClusterNode.submit`` instead of the local matchmaker:
   another session kicks it with ``logged_in_elsewhere``, directly when it is on this
   node, else through that node's inbox. Then the node sends ``welcome`` itself.
 * Lobby requests (``join_queue``, ``leave_queue``, ``accept``, ``decline``,
-  ``get_profile``) and closed sessions go to the leader as ``Forward`` entries of
+  ``get_profile`` and the party requests), logins and closed sessions go to the leader as ``Forward`` entries of
   the request stream. The leader answers through this node's inbox, and each answer
   names the requests it finishes (``done``), so that a session's own replies
   (``pong``, errors) wait behind them and every client gets its replies in request
@@ -309,7 +309,12 @@ class ClusterNode:
                 self._forward_failed(forward)
 
     def _forward_failed(self, forward: c.Forward) -> None:
-        """Answer a request that never reached Redis, or keep a close until Redis is back."""
+        """Answer a request that never reached Redis, or keep a close until Redis is back.
+
+        A lost login needs nothing: the leader learns of the session from its first request.
+        """
+        if forward.login:
+            return
         if forward.gone or forward.sync:
             self._held.append(forward)
             return
@@ -363,6 +368,9 @@ class ClusterNode:
             rid=hello.rid,
         )
         self._resolve(session, tracked, _LOGIN, welcome)
+        if self.healthy:
+            # The leader learns of the session now, so that a party invite can reach it.
+            await self._forward([c.Forward(self.node, session.id, 0, tracked.since, info, login=True)])
         # The whole record goes back, so that the write keeps the player's rating and
         # penalty; the store keeps whichever penalty is the later one.
         self.persistence.mark_player(player_record(info))
