@@ -59,13 +59,21 @@ class Cluster:
         env.update({f"LOBBYD_{key.upper()}": str(value) for key, value in settings.items()})
         return env
 
-    def start(self, node_id: str, **settings: Any) -> DaemonProcess:
-        daemon = self._stack.enter_context(running_daemon(self.tmp_path / node_id, env=self.env(node_id, **settings)))
+    def start(self, node_id: str, *, config: str | None = None, **settings: Any) -> DaemonProcess:
+        """Start node ``node_id``; ``config`` is TOML for settings the environment cannot set, such as queues."""
+        data_dir = self.tmp_path / node_id
+        args: list[str] = []
+        if config is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = data_dir / "lobbyd.toml"
+            path.write_text(config)
+            args = ["--config", str(path)]
+        daemon = self._stack.enter_context(running_daemon(data_dir, *args, env=self.env(node_id, **settings)))
         self.nodes[node_id] = daemon
         return daemon
 
-    def start_many(self, count: int, **settings: Any) -> list[DaemonProcess]:
-        return [self.start(f"n{index}", **settings) for index in range(count)]
+    def start_many(self, count: int, *, config: str | None = None, **settings: Any) -> list[DaemonProcess]:
+        return [self.start(f"n{index}", config=config, **settings) for index in range(count)]
 
     def close(self) -> None:
         try:

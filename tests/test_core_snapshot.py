@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
 import pytest
 
 from lobbyd.core import effects as fx
+from lobbyd.core.expansion import Expansion
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import LobbySettings, Place, PlayerRecord, QueueRules
-from lobbyd.core.snapshot import Changes, check_snapshot, restore, ticket_state, track
+from lobbyd.core.snapshot import Changes, check_snapshot, party_record, restore, ticket_state, track
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
 
 QUEUES = {
     "duel": QueueRules("duel", team_count=2, team_size=1),
     "squad": QueueRules("squad", team_count=2, team_size=2),
+    "pairs": QueueRules("pairs", team_size=2, party_sizes=(1, 2)),
+    "duo": QueueRules(
+        "duo", team_size=2, window_start=1000.0, roles=("tank", "healer"), latency_steps=Expansion.of((0, 60))
+    ),
 }
 SETTINGS = LobbySettings(ready_timeout=10.0)
 
@@ -146,3 +152,108 @@ def test_restore_drops_ticket_of_gone_session() -> None:
 
     assert restored.stale_tickets == ["ann"]
     assert len(new.queues["duel"]) == 0
+
+
+def test_restore_keeps_roles_latency_region() -> None:
+    old, _ = new_lobby()
+    prefs = {"ann": ["tank"], "bob": ["healer"], "cat": ["tank"], "dan": ["healer"], "eve": ["healer", "tank"]}
+    for player in prefs:
+        login(old, player)
+    for at, (player, roles) in enumerate(prefs.items()):
+        latency = {"eu": 30.0, "us": 50.0} if player != "eve" else {"us": 20.0}
+        if player == "eve":
+            old.tick(5.0)
+        old.join_queue(key(player), "duo", float(at), roles=roles, latency=latency)
+    old.accept(key("ann"), "m1", 6.0)
+    tickets, checks = records_of(old)
+    found = old.checks["m1"]
+
+    new, _ = new_lobby()
+    restore(new, presence_of(old), tickets, checks)
+
+    check = new.checks["m1"]
+    assert check.region == "eu"
+    assert check.roles == found.roles
+    assert {given.role for given in check.roles.values()} == {"tank", "healer"}
+    assert check.explanation == found.explanation
+    assert check.tickets["bob"].role_prefs == (("healer",),)
+    assert check.tickets["bob"].latency == {"eu": 30.0, "us": 50.0}
+    eve = new.queues["duo"]["eve"]
+    assert eve.role_prefs == (("healer", "tank"),)
+    assert eve.latency == {"us": 20.0}
+    effects: list[fx.Effect] = []
+    for player in ("bob", "cat", "dan"):
+        effects.extend(new.accept(key(player), "m1", 7.0))
+    (start,) = [effect for effect in effects if isinstance(effect, fx.StartMatch)]
+    assert start.record.region == "eu"
+    assert start.record.roles == found.roles
+
+
+def test_older_records_still_decode() -> None:
+    info = c.PlayerInfo("ann", "ANN", 1500, 0.0, 0.0)
+    # The fields an older node wrote: no role preferences, latency, members or region.
+    ticket = msgspec.msgpack.encode([info, "n1/s-ann", "duel", 1.0, 3, False])
+    check = msgspec.msgpack.encode(["m1", "duel", [["ann"], ["bob"]], [], 1.0, 11.0, []])
+
+    state = c.TICKET_DECODER.decode(ticket)
+    snapshot = c.CHECK_DECODER.decode(check)
+
+    assert state.role_prefs == []
+    assert state.latency is None
+    assert state.members == []
+    assert snapshot.region is None
+    assert snapshot.roles == {}
+
+
+def queued_party(lobby: Lobby) -> None:
+    """Make ann lead a party with bob and queue it in ``pairs``."""
+    for player in ("ann", "bob"):
+        login(lobby, player, rating=1400 if player == "ann" else 1600)
+    lobby.parties.create(key("ann"), 1.0)
+    lobby.parties.invite(key("ann"), "bob", 1.0)
+    lobby.parties.join(key("bob"), "party1", 1.0)
+    lobby.join_queue(key("ann"), "pairs", 2.0)
+
+
+def test_restore_keeps_party_ticket() -> None:
+    old, _ = new_lobby()
+    queued_party(old)
+    tickets, _ = records_of(old)
+    parties = [record for party in old.parties.parties if (record := party_record(old, party)) is not None]
+
+    new, _ = new_lobby()
+    restored = restore(new, presence_of(old), tickets, [], parties)
+
+    assert restored.absent == []
+    assert restored.stale_tickets == []
+    assert new.parties.parties["party1"].members == ["ann", "bob"]
+    assert new.players["bob"].party == "party1"
+    ticket = new.queues["pairs"]["ann"]
+    assert ticket.members == ("ann", "bob")
+    assert ticket.rating == 1500
+    assert new.players["bob"].place is Place.QUEUED
+    # A new party gets a fresh id.
+    login(new, "cat")
+    new.parties.create(key("cat"), 3.0)
+    assert new.players["cat"].party == "party2"
+
+
+def test_restore_removes_absent_party_member() -> None:
+    old, _ = new_lobby()
+    queued_party(old)
+    tickets, _ = records_of(old)
+    parties = [record for party in old.parties.parties if (record := party_record(old, party)) is not None]
+    presence = presence_of(old)
+    del presence["bob"]
+
+    new, _ = new_lobby()
+    restored = restore(new, presence, tickets, [], parties)
+    effects = new.parties.remove_member(new.players["bob"], "disconnected", 3.0)
+
+    assert restored.absent == ["bob"]
+    sent = [effect.message for effect in effects if isinstance(effect, fx.Send)]
+    assert m.LeftQueue(queue="pairs", reason="party_changed") in sent
+    roster = [message for message in sent if isinstance(message, m.Party)]
+    assert [message.members for message in roster] == [["ann"]]
+    assert new.players["ann"].place is Place.IDLE
+    assert len(new.queues["pairs"]) == 0

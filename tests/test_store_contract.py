@@ -565,6 +565,27 @@ async def test_postgres_failed_batch_stores_nothing(pg_store: PostgresStore) -> 
     assert await pg_store.load_player(ALICE.id) == ALICE
 
 
+async def test_postgres_keeps_later_penalty(pg_store: PostgresStore) -> None:
+    penalised = PlayerRecord(
+        "p-dodger", "Dodger", 1500, 1.0, 50.0, penalty_level=1, penalty_since=40.0, locked_until=340.0
+    )
+    # A node's copy read at login, before the dodge, written after the leader's.
+    stale = PlayerRecord("p-dodger", "Dodger", 1500, 1.0, 60.0)
+    await pg_store.save([penalised], [])
+
+    await pg_store.save([stale], [])
+
+    stored = await pg_store.load_player("p-dodger")
+    assert stored is not None
+    assert stored.penalty == penalised.penalty
+    assert stored.last_seen == 60.0
+    again = PlayerRecord(
+        "p-dodger", "Dodger", 1500, 1.0, 70.0, penalty_level=2, penalty_since=65.0, locked_until=1865.0
+    )
+    await pg_store.save([again], [])
+    assert (await pg_store.load_player("p-dodger")) == again
+
+
 async def test_postgres_result_applied_once(postgres_service: Service, pg_store: PostgresStore) -> None:
     await pg_store.save([ALICE, BOB], [STARTED])
     result = ResultRecord(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,13 @@ from lobbyd.protocol import messages as m
 if TYPE_CHECKING:
     from lobbyd.core.lobby import Lobby
 
+PartyRequest = (
+    m.CreateParty | m.InviteToParty | m.JoinParty | m.DeclineParty | m.LeaveParty | m.KickFromParty | m.PromoteInParty
+)
+PARTY_REQUESTS = (
+    m.CreateParty, m.InviteToParty, m.JoinParty, m.DeclineParty, m.LeaveParty, m.KickFromParty, m.PromoteInParty,
+)
+
 
 @dataclass(slots=True)
 class PartyState:
@@ -67,6 +74,9 @@ class Parties:
         self.parties: dict[str, PartyState] = {}
         self.invites: dict[str, set[str]] = {}
         """Player id to the ids of the parties that invited them."""
+        self.touched: set[str] = set()
+        """Ids of the parties created, changed or disbanded since the caller last cleared it;
+        a cluster leader writes those to shared storage."""
         self._ids = itertools.count(1)
 
     @property
@@ -75,6 +85,39 @@ class Parties:
         return max((max(rules.party_sizes) for rules in self.lobby.rules.values()), default=1)
 
     # Requests.
+
+    def handle(self, session: str, message: PartyRequest, now: float) -> list[fx.Effect]:
+        """Apply one party request of ``session``."""
+        if isinstance(message, m.CreateParty):
+            return self.create(session, now, message.rid)
+        if isinstance(message, m.InviteToParty):
+            return self.invite(session, message.player, now, message.rid)
+        if isinstance(message, m.JoinParty):
+            return self.join(session, message.party, now, message.rid)
+        if isinstance(message, m.DeclineParty):
+            return self.decline(session, message.party, message.rid)
+        if isinstance(message, m.LeaveParty):
+            return self.leave(session, now, message.rid)
+        if isinstance(message, m.KickFromParty):
+            return self.kick(session, message.player, now, message.rid)
+        return self.promote(session, message.player, now, message.rid)
+
+    def restore(self, party_id: str, members: list[str], invited: Iterable[str]) -> PartyState:
+        """Put back a party a former cluster leader stored; every member must be in the lobby's players.
+
+        Later ids of this lobby come after ``party_id``'s number, so they do not repeat it.
+        """
+        party = PartyState(party_id, list(members))
+        self.parties[party_id] = party
+        for member in members:
+            self.lobby.players[member].party = party_id
+        for invitee in invited:
+            party.invited.add(invitee)
+            self.invites.setdefault(invitee, set()).add(party_id)
+        number = party_id.removeprefix("party")
+        if number.isdigit():
+            self._ids = itertools.count(max(int(number) + 1, next(self._ids)))
+        return party
 
     def create(self, session: str, now: float, rid: int | None = None) -> list[fx.Effect]:
         player = self.lobby._player_of(session)
@@ -85,6 +128,7 @@ class Parties:
 
         party = PartyState(f"party{next(self._ids)}", [player.id])
         self.parties[party.id] = party
+        self.touched.add(party.id)
         player.party = party.id
         return [*self._announce(party, "created", player.id, rid), _event("party_created", party, player.id)]
 
@@ -102,6 +146,7 @@ class Parties:
 
         party.invited.add(target)
         self.invites.setdefault(target, set()).add(party.id)
+        self.touched.add(party.id)
         offer = m.PartyInvite(party=party.id, leader=party.leader, members=list(party.members))
         effects: list[fx.Effect] = [fx.Send(invitee.session, offer)]
         effects.extend(self._announce(party, "invited", player.id, rid))
@@ -121,6 +166,7 @@ class Parties:
         self._forget_invite(party, player.id)
         party.members.append(player.id)
         player.party = party.id
+        self.touched.add(party.id)
         effects.extend(self._announce(party, "joined", player.id, rid))
         effects.append(_event("party_joined", party, player.id))
         return effects
@@ -157,6 +203,7 @@ class Parties:
         effects = self._end_ticket(party, now)
         party.members.remove(target)
         party.members.insert(0, target)
+        self.touched.add(party.id)
         effects.extend(self._announce(party, "promoted", player.id, rid))
         effects.append(_event("party_promoted", party, target))
         return effects
@@ -215,6 +262,7 @@ class Parties:
         effects = self._end_ticket(party, now)
         party.members.remove(player.id)
         player.party = None
+        self.touched.add(party.id)
         if player.session is not None and reason != "disconnected":
             echo = rid if requester == player.id else None
             effects.append(fx.Send(player.session, m.PartyLeft(party=party.id, reason=reason, rid=echo)))
@@ -229,6 +277,7 @@ class Parties:
         """Withdraw every invite of ``player_id``, who went offline."""
         for party_id in self.invites.pop(player_id, set()):
             self.parties[party_id].invited.discard(player_id)
+            self.touched.add(party_id)
 
     # Helpers.
 
@@ -310,6 +359,7 @@ class Parties:
 
     def _forget_invite(self, party: PartyState, player_id: str) -> None:
         party.invited.discard(player_id)
+        self.touched.add(party.id)
         invites = self.invites.get(player_id)
         if invites is not None:
             invites.discard(party.id)
@@ -320,6 +370,7 @@ class Parties:
         for invitee in list(party.invited):
             self._forget_invite(party, invitee)
         del self.parties[party.id]
+        self.touched.add(party.id)
 
 
 def require_idle(player: Player, rid: int | None) -> None:
@@ -350,18 +401,22 @@ def _require_member_free(member: Player, rid: int | None) -> None:
 def _party_ticket(members: list[Player], queue: str, now: float, seq: int) -> Ticket:
     """Return one ticket for ``members``, leader first, rated at the members' mean."""
     skills = tuple(member.current_skill for member in members)
-    mean_skill = Skill(statistics.fmean(s.mu for s in skills), statistics.fmean(s.sigma for s in skills))
     return Ticket(
         player=members[0].id,
         queue=queue,
         rating=round(statistics.fmean(member.rating for member in members)),
         waiting_since=now,
         seq=seq,
-        skill=mean_skill,
+        skill=mean_skill(skills),
         members=tuple(member.id for member in members),
         member_ratings=tuple(member.rating for member in members),
         member_skills=skills,
     )
+
+
+def mean_skill(skills: Sequence[Skill]) -> Skill:
+    """Return the skill a party ticket is matched at: the mean mu and the mean sigma of its members."""
+    return Skill(statistics.fmean(s.mu for s in skills), statistics.fmean(s.sigma for s in skills))
 
 
 def _event(name: str, party: PartyState, player: str, **extra: object) -> fx.Event:

@@ -4,8 +4,8 @@ Nodes never talk to each other directly. A node forwards its sessions' lobby
 requests to the leader as ``Forward`` entries of one stream; the leader sends what
 each session must receive as ``Delivery`` entries of that session's node's stream;
 and the leader keeps its matchmaking state in Redis as ``TicketState``,
-``CheckSnapshot``, ``StartingMatch``, ``ServerState``, ``HostedState``,
-``EndedState`` and ``FinishingMatch`` records, which a new leader rebuilds its
+``CheckSnapshot``, ``PartyRecord``, ``StartingMatch``, ``ServerState``,
+``HostedState``, ``EndedState`` and ``FinishingMatch`` records, which a new leader rebuilds its
 memory from. ``Presence`` says which node and session a player is connected on.
 
 Session keys name a session across the cluster: ``NODE/SESSION``. Node ids follow
@@ -14,7 +14,7 @@ the identifier alphabet, which has no ``/``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -22,11 +22,18 @@ from lobbyd.protocol.messages import (
     Accept,
     Allocated,
     AllocationRefused,
+    CreateParty,
     Decline,
+    DeclineParty,
     GetProfile,
+    InviteToParty,
+    JoinParty,
     JoinQueue,
+    KickFromParty,
+    LeaveParty,
     LeaveQueue,
     MatchResult,
+    PromoteInParty,
     Register,
     ReleasePlayer,
     ServerMessage,
@@ -36,11 +43,12 @@ from lobbyd.protocol.messages import (
 # blanked, because the node checked it and Redis is no place for secrets.
 LobbyRequest = (
     JoinQueue | LeaveQueue | Accept | Decline | GetProfile | Register | Allocated | AllocationRefused | MatchResult
-    | ReleasePlayer
+    | ReleasePlayer | CreateParty | InviteToParty | JoinParty | DeclineParty | LeaveParty | KickFromParty
+    | PromoteInParty
 )
 FORWARDED_TYPES: Final = (
     JoinQueue, LeaveQueue, Accept, Decline, GetProfile, Register, Allocated, AllocationRefused, MatchResult,
-    ReleasePlayer,
+    ReleasePlayer, CreateParty, InviteToParty, JoinParty, DeclineParty, LeaveParty, KickFromParty, PromoteInParty,
 )
 
 
@@ -56,7 +64,9 @@ def split_session_key(key: str) -> tuple[str, str]:
 class PlayerInfo(msgspec.Struct, frozen=True, array_like=True):
     """A player's stored record, carried so the leader needs no database read.
 
-    ``mu`` and ``sigma`` are None before the first rated match, as in ``PlayerRecord``.
+    ``mu`` and ``sigma`` are None before the first rated match, and the three
+    penalty fields are the dodge penalty standing, as in ``PlayerRecord``. Older
+    nodes wrote no penalty fields, which then decode as a clean record.
     """
 
     id: str
@@ -68,6 +78,9 @@ class PlayerInfo(msgspec.Struct, frozen=True, array_like=True):
     sigma: float | None = None
     games: int = 0
     wins: int = 0
+    penalty_level: int = 0
+    penalty_since: float = 0.0
+    locked_until: float = 0.0
 
 
 class Presence(msgspec.Struct, frozen=True):
@@ -84,9 +97,11 @@ class Forward(msgspec.Struct, frozen=True, array_like=True):
 
     ``seq`` numbers the requests of one session that wait for the leader; the
     delivery that answers it lists it in ``done``. ``request`` is ``None`` for the
-    two requests sessions do not send themselves: ``gone`` (the connection closed)
-    and ``sync`` (after an outage, tell the player whether they are still queued
-    in ``believed_queue``). ``player`` is ``None`` for a game server's session.
+    three requests sessions do not send themselves: ``gone`` (the connection closed),
+    ``sync`` (after an outage, tell the player whether they are still queued in
+    ``believed_queue``) and ``login`` (the player logged in, so that the leader can
+    route a party invite to them before their first request). ``player`` is
+    ``None`` for a game server's session.
     """
 
     node: str
@@ -98,6 +113,7 @@ class Forward(msgspec.Struct, frozen=True, array_like=True):
     gone: bool = False
     sync: bool = False
     believed_queue: str | None = None
+    login: bool = False
 
 
 class Delivery(msgspec.Struct, frozen=True, array_like=True):
@@ -116,7 +132,14 @@ class Delivery(msgspec.Struct, frozen=True, array_like=True):
 
 
 class TicketState(msgspec.Struct, frozen=True, array_like=True):
-    """A queue ticket as stored in Redis, with the session key it belongs to."""
+    """A queue ticket as stored in Redis, with the session key it belongs to.
+
+    ``role_prefs`` and ``latency`` are the ticket's as in ``Ticket``. A party ticket
+    is stored once, under its leader. It lists every member in ``members``, leader
+    first, with each member's rating and (mu, sigma) in ``member_ratings`` and
+    ``member_skills``. A solo ticket leaves the three empty. Fields after ``priority``
+    have defaults, so records written by an older node still decode.
+    """
 
     player: PlayerInfo
     session: str
@@ -124,10 +147,25 @@ class TicketState(msgspec.Struct, frozen=True, array_like=True):
     waiting_since: float
     seq: int
     priority: bool
+    role_prefs: list[list[str]] = msgspec.field(default_factory=list)
+    latency: dict[str, float] | None = None
+    members: list[str] = msgspec.field(default_factory=list)
+    member_ratings: list[int] = msgspec.field(default_factory=list)
+    member_skills: list[tuple[float, float]] = msgspec.field(default_factory=list)
+
+
+class RoleState(msgspec.Struct, frozen=True, array_like=True):
+    """One player's role in a ready check of a role queue."""
+
+    role: str
+    autofilled: bool
 
 
 class CheckSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    """A pending ready check as stored in Redis."""
+    """A pending ready check as stored in Redis.
+
+    Fields after ``accepted`` have defaults, so records written by an older node still decode.
+    """
 
     match: str
     queue: str
@@ -136,6 +174,20 @@ class CheckSnapshot(msgspec.Struct, frozen=True, array_like=True):
     created_at: float
     deadline: float
     accepted: list[str]
+    region: str | None = None
+    """The region the matchmaker chose; None in records of older nodes, which use the queue's."""
+    roles: dict[str, RoleState] = msgspec.field(default_factory=dict)
+    """Each player's role in a role queue, by player id."""
+    explanation: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The matchmaker's explanation of the match, as ``ReadyCheck.explanation``."""
+
+
+class PartyRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A party as stored in Redis: its members, leader first, and the players it invited."""
+
+    id: str
+    members: list[str]
+    invited: list[str]
 
 
 class StartingMatch(msgspec.Struct, frozen=True, array_like=True):
@@ -225,6 +277,7 @@ SERVER_DECODER: Final = msgspec.msgpack.Decoder(ServerState)
 HOSTED_DECODER: Final = msgspec.msgpack.Decoder(HostedState)
 ENDED_DECODER: Final = msgspec.msgpack.Decoder(EndedState)
 FINISHING_DECODER: Final = msgspec.msgpack.Decoder(FinishingMatch)
+PARTY_DECODER: Final = msgspec.msgpack.Decoder(PartyRecord)
 # Presence is JSON because the Redis scripts read its ``since`` with cjson.
 PRESENCE_ENCODER: Final = msgspec.json.Encoder()
 PRESENCE_DECODER: Final = msgspec.json.Decoder(Presence)

@@ -54,7 +54,16 @@ from lobbyd.core.hosting_snapshot import (
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.match_start import match_start
 from lobbyd.core.model import LobbySettings, MatchRecord, MatchState, Place, PlayerRecord, QueueRules
-from lobbyd.core.snapshot import check_snapshot, restore, ticket_state, track
+from lobbyd.core.parties import PARTY_REQUESTS
+from lobbyd.core.snapshot import (
+    check_snapshot,
+    party_record,
+    player_record,
+    refresh_penalties,
+    restore,
+    ticket_state,
+    track,
+)
 from lobbyd.errors import InvalidSecret, RemoteError, SharedStateError, StoreError
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
@@ -234,7 +243,7 @@ class LeaderTerm:
         """Build the lobby from the shared state, then end what the old leader left half done."""
         began = time.perf_counter()
         snapshot = await self.state.snapshot()
-        restored = restore(self.lobby, snapshot.presence, snapshot.tickets, snapshot.checks)
+        restored = restore(self.lobby, snapshot.presence, snapshot.tickets, snapshot.checks, snapshot.parties)
         self._restore_hosting(snapshot)
         await self._refresh_ratings(snapshot)
         self.cursor = snapshot.cursor
@@ -251,6 +260,7 @@ class LeaderTerm:
                 # The player's newer session, seen in the presence map, is bound again.
                 self.lobby.players[player_id].session = current
                 self.lobby.sessions[current] = player_id
+        effects.extend(self._drop_absent(restored.absent, now))
         commit, outcome = self._build([_Batch(effects)])
         commit.ticket_deletes.update(restored.stale_tickets)
         await self._write(commit, outcome)
@@ -269,9 +279,26 @@ class LeaderTerm:
             game_servers=len(snapshot.servers),
             hosted_matches=len(snapshot.hosted),
             finishing=len(snapshot.finishing),
+            parties=len(self.lobby.parties.parties),
             orphans=len(restored.orphans),
+            absent_party_members=len(restored.absent),
             rebuild_ms=round((time.perf_counter() - began) * 1000, 2),
         )
+
+    def _drop_absent(self, absent: list[str], now: float) -> list[fx.Effect]:
+        """Remove party members whose session is gone from their party, as a disconnect does, then forget them.
+
+        Their party's ticket or ready check ends and the other members are told.
+        """
+        effects: list[fx.Effect] = []
+        for player_id in absent:
+            player = self.lobby.players[player_id]
+            if player.party is not None:
+                effects.extend(self.lobby.parties.remove_member(player, "disconnected", now))
+            if player.session is None and player.place is Place.IDLE:
+                # The stand-in has no stored record; a later login loads the real one.
+                del self.lobby.players[player_id]
+        return effects
 
     def _restore_hosting(self, snapshot: Snapshot) -> None:
         if self.lobby.hosting is None:
@@ -282,7 +309,7 @@ class LeaderTerm:
         restore_hosting(self.lobby, snapshot.servers, snapshot.hosted, snapshot.ended)
 
     async def _refresh_ratings(self, snapshot: Snapshot) -> None:
-        """Bring the restored players' ratings up to the results stored or in flight since they logged in."""
+        """Bring the restored players' ratings and dodge penalties up to those stored or in flight since login."""
         records = [PLAYER_RECORD_DECODER.decode(raw) for finishing in snapshot.finishing for raw in finishing.players]
         try:
             stored = await self.persistence.store.load_players(list(self.lobby.players))
@@ -292,8 +319,9 @@ class LeaderTerm:
             log.error("leader_ratings_load_failed", error=str(exc), players=len(self.lobby.players))
             stored = {}
         changed = refresh_ratings(self.lobby, [*stored.values(), *records])
-        if changed:
-            log.info("leader_ratings_refreshed", players=changed)
+        penalised = refresh_penalties(self.lobby, stored.values())
+        if changed or penalised:
+            log.info("leader_ratings_refreshed", players=changed, penalties=penalised)
 
     # Requests.
 
@@ -312,7 +340,8 @@ class LeaderTerm:
             elif self._attach(forward, forward.player, key, now, batch.effects):
                 batch.effects.extend(self._dispatch(forward, key, now))
         except RemoteError as exc:
-            batch.effects.append(fx.Send(key, m.Error(code=exc.code, message=exc.message, rid=exc.rid)))
+            error = m.Error(code=exc.code, message=exc.message, rid=exc.rid, retry_after_ms=exc.retry_after_ms)
+            batch.effects.append(fx.Send(key, error))
         except Exception:
             player = forward.player.id if forward.player is not None else None
             log.exception("forwarded_request_failed", session=key, player=player)
@@ -345,9 +374,10 @@ class LeaderTerm:
         if newest is not None and newest > forward.since:
             # A request of a session that a later login replaced; its node closes it.
             return False
-        record = PlayerRecord(
-            info.id, info.name, info.rating, info.first_seen, info.last_seen, info.mu, info.sigma, info.games, info.wins
-        )
+        # The node read the record at login, so the lobby's own copy of a known player
+        # is newer. A dodge penalty that a former leader stored since is the exception.
+        refresh_penalties(self.lobby, [info])
+        record = player_record(info)
         # The node already sent welcome and kicked any older session, so those
         # effects of connect are dropped; the old session's queue place still ends.
         for effect in self.lobby.connect(key, record, player_id, None, now):
@@ -374,6 +404,8 @@ class LeaderTerm:
             return self.lobby.decline(key, request.match, now, request.rid)
         if isinstance(request, m.GetProfile):
             return self.lobby.profile(key, request.rid)
+        if isinstance(request, PARTY_REQUESTS):
+            return self.lobby.parties.handle(key, request, now)
         if request is not None:
             # A game server's request on a player's session.
             game_server_session.check_player_request(request)
@@ -467,7 +499,8 @@ class LeaderTerm:
             commit.presence_deletes.extend(batch.presence_deletes)
             messages: dict[str, list[m.ServerMessage]] = {}
             closes: dict[str, str] = {}
-            if batch.requester is not None:
+            if batch.requester is not None and batch.seq > 0:
+                # The session's node waits for the reply to this request.
                 messages[batch.requester] = []
             for effect in batch.effects:
                 if isinstance(effect, fx.Close):
@@ -484,6 +517,9 @@ class LeaderTerm:
             _stage(commit.tickets, commit.ticket_deletes, player_id, ticket_state(self.lobby, player_id))
         for match in matches:
             _stage(commit.checks, commit.check_deletes, match, check_snapshot(self.lobby, match))
+        touched, self.lobby.parties.touched = self.lobby.parties.touched, set()
+        for party_id in touched:
+            _stage(commit.parties, commit.party_deletes, party_id, party_record(self.lobby, party_id))
         if self.hosting_changes is not None:
             self._build_hosting(commit)
         return commit, outcome

@@ -7,7 +7,7 @@ session request to ``ClusterNode.submit`` instead of the local matchmaker:
   another session kicks it with ``logged_in_elsewhere``, directly when it is on this
   node, else through that node's inbox. Then the node sends ``welcome`` itself.
 * Lobby requests (``join_queue``, ``leave_queue``, ``accept``, ``decline``,
-  ``get_profile``) and closed sessions go to the leader as ``Forward`` entries of
+  ``get_profile`` and the party requests), logins and closed sessions go to the leader as ``Forward`` entries of
   the request stream. The leader answers through this node's inbox, and each answer
   names the requests it finishes (``done``), so that a session's own replies
   (``pong``, errors) wait behind them and every client gets its replies in request
@@ -44,7 +44,8 @@ from typing import Final
 
 import msgspec
 
-from lobbyd.core.model import DEFAULT_RATING, PlayerRecord
+from lobbyd.core.model import DEFAULT_RATING
+from lobbyd.core.snapshot import player_record
 from lobbyd.errors import SharedStateError, ShuttingDown, Unavailable
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
@@ -308,7 +309,12 @@ class ClusterNode:
                 self._forward_failed(forward)
 
     def _forward_failed(self, forward: c.Forward) -> None:
-        """Answer a request that never reached Redis, or keep a close until Redis is back."""
+        """Answer a request that never reached Redis, or keep a close until Redis is back.
+
+        A lost login needs nothing: the leader learns of the session from its first request.
+        """
+        if forward.login:
+            return
         if forward.gone or forward.sync:
             self._held.append(forward)
             return
@@ -362,7 +368,12 @@ class ClusterNode:
             rid=hello.rid,
         )
         self._resolve(session, tracked, _LOGIN, welcome)
-        self.persistence.mark_player(PlayerRecord(info.id, info.name, info.rating, info.first_seen, info.last_seen))
+        if self.healthy:
+            # The leader learns of the session now, so that a party invite can reach it.
+            await self._forward([c.Forward(self.node, session.id, 0, tracked.since, info, login=True)])
+        # The whole record goes back, so that the write keeps the player's rating and
+        # penalty; the store keeps whichever penalty is the later one.
+        self.persistence.mark_player(player_record(info))
         log.info("player_connected", player=hello.player, session=session.id, node=self.node)
 
     async def _kick(self, other: c.Presence) -> None:
@@ -595,5 +606,8 @@ def _player_info(login: Login, now: float) -> c.PlayerInfo:
         sigma=record.sigma if record else None,
         games=record.games if record else 0,
         wins=record.wins if record else 0,
+        penalty_level=record.penalty_level if record else 0,
+        penalty_since=record.penalty_since if record else 0.0,
+        locked_until=record.locked_until if record else 0.0,
     )
 

@@ -16,6 +16,7 @@ from typing import Final, TypeGuard
 from lobbyd.core import effects as fx
 from lobbyd.core.lobby import Lobby
 from lobbyd.core.model import MatchRecord, PlayerRecord
+from lobbyd.core.parties import PARTY_REQUESTS
 from lobbyd.errors import RemoteError, ServerBusy, ShuttingDown, StoreError
 from lobbyd.protocol import messages as m
 from lobbyd.server import game_server_session, logs
@@ -224,21 +225,8 @@ class MatchmakerLoop:
         return self._party_request(session, message, now)
 
     def _party_request(self, session: Session, message: m.ClientMessage, now: float) -> list[fx.Effect]:
-        parties = self.lobby.parties
-        if isinstance(message, m.CreateParty):
-            return parties.create(session.id, now, message.rid)
-        if isinstance(message, m.InviteToParty):
-            return parties.invite(session.id, message.player, now, message.rid)
-        if isinstance(message, m.JoinParty):
-            return parties.join(session.id, message.party, now, message.rid)
-        if isinstance(message, m.DeclineParty):
-            return parties.decline(session.id, message.party, message.rid)
-        if isinstance(message, m.LeaveParty):
-            return parties.leave(session.id, now, message.rid)
-        if isinstance(message, m.KickFromParty):
-            return parties.kick(session.id, message.player, now, message.rid)
-        if isinstance(message, m.PromoteInParty):
-            return parties.promote(session.id, message.player, now, message.rid)
+        if isinstance(message, PARTY_REQUESTS):
+            return self.lobby.parties.handle(session.id, message, now)
         msg = f"no lobby handler for {type(message).__name__}"
         raise TypeError(msg)
 

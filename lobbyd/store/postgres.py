@@ -15,7 +15,8 @@ A match result is applied exactly once however many nodes report it: its row in
 transaction as that row, only when the insert created it (``apply_result`` adds
 rating points, ``apply_match_result`` writes the rated players and the finished match).
 A player row is never overwritten by a record with fewer rated games, so a late
-write from a stale node cannot roll a result back.
+write from a stale node cannot roll a result back. For the same reason a player's
+dodge penalty is only replaced by one with a later ``penalty_since``.
 """
 
 from __future__ import annotations
@@ -138,9 +139,13 @@ _UPSERT_PLAYER: Final = """
     )
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (id) DO UPDATE SET
-        penalty_level = excluded.penalty_level,
-        penalty_since = excluded.penalty_since,
-        locked_until = excluded.locked_until,
+        -- A penalty only grows by a dodge, which moves penalty_since forward, so the
+        -- later one stands: a node's login-time copy never undoes a leader's penalty.
+        penalty_level = CASE WHEN excluded.penalty_since >= players.penalty_since
+            THEN excluded.penalty_level ELSE players.penalty_level END,
+        penalty_since = GREATEST(excluded.penalty_since, players.penalty_since),
+        locked_until = CASE WHEN excluded.penalty_since >= players.penalty_since
+            THEN excluded.locked_until ELSE players.locked_until END,
         name = excluded.name,
         rating = excluded.rating,
         first_seen = excluded.first_seen,

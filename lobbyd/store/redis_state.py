@@ -10,6 +10,7 @@ Keys, all under one prefix P:
 | ``P:presence`` | hash | player id to ``Presence`` (JSON): node, session, login time |
 | ``P:tickets`` | hash | player id to ``TicketState`` (msgpack) |
 | ``P:checks`` | hash | match id to ``CheckSnapshot`` (msgpack) |
+| ``P:parties`` | hash | party id to ``PartyRecord`` (msgpack) |
 | ``P:starting`` | hash | match id to ``StartingMatch`` (msgpack) |
 | ``P:servers`` | hash | game server id to ``ServerState`` (msgpack) |
 | ``P:hosted`` | hash | match id to ``HostedState`` (msgpack): allocating or running |

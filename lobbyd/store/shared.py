@@ -2,7 +2,7 @@
 
 ``SharedState`` is what cluster nodes need from the place they share. It has a leader
 lease with a fencing token, the presence map, and the leader's tickets, ready checks,
-starting matches, game servers, hosted matches, ended hosted matches and finishing
+parties, starting matches, game servers, hosted matches, ended hosted matches and finishing
 results. It also has a request stream, which the leader reads, and an inbox stream
 per node.
 ``RedisState`` (``lobbyd.store.redis_state``) is the implementation that nodes on
@@ -46,6 +46,8 @@ class Commit:
     ticket_deletes: set[str] = field(default_factory=set)
     checks: dict[str, bytes] = field(default_factory=dict)
     check_deletes: set[str] = field(default_factory=set)
+    parties: dict[str, bytes] = field(default_factory=dict)
+    party_deletes: set[str] = field(default_factory=set)
     starting: dict[str, bytes] = field(default_factory=dict)
     starting_deletes: set[str] = field(default_factory=set)
     servers: dict[str, bytes] = field(default_factory=dict)
@@ -71,6 +73,7 @@ class Commit:
             ("hosted", self.hosted, self.hosted_deletes),
             ("ended", self.ended, self.ended_deletes),
             ("finishing", self.finishing, self.finishing_deletes),
+            ("parties", self.parties, self.party_deletes),
         ]
 
     def __bool__(self) -> bool:
@@ -91,6 +94,7 @@ class Snapshot:
     hosted: list[c.HostedState] = field(default_factory=list)
     ended: list[c.EndedState] = field(default_factory=list)
     finishing: list[c.FinishingMatch] = field(default_factory=list)
+    parties: list[c.PartyRecord] = field(default_factory=list)
 
 
 class SharedState(Protocol):
@@ -308,6 +312,7 @@ def decode_snapshot(presence: dict[str, c.Presence], hashes: dict[str, list[byte
         hosted=[c.HOSTED_DECODER.decode(value) for value in hashes["hosted"]],
         ended=[c.ENDED_DECODER.decode(value) for value in hashes["ended"]],
         finishing=[c.FINISHING_DECODER.decode(value) for value in hashes["finishing"]],
+        parties=[c.PARTY_DECODER.decode(value) for value in hashes["parties"]],
     )
 
 
