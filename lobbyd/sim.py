@@ -454,6 +454,8 @@ class Simulation:
                 failure = await self._watch()
                 if failure is None:
                     await asyncio.sleep(SETTLE_TIME)
+                if self.league is not None:
+                    await self.league.settle(SETTLE_TIME)
                 for task in tasks:
                     task.cancel()
         except* LeagueFailed as failed:

@@ -249,6 +249,8 @@ class PopulationSim:
                 self.end_reason = await self._watch()
                 if self.finished:
                     await asyncio.sleep(SETTLE_TIME)
+                if self.league is not None:
+                    await self.league.settle(SETTLE_TIME)
                 for task in list(self._tasks):
                     task.cancel()
         except* LeagueFailed as failed:

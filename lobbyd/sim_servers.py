@@ -121,6 +121,8 @@ class BotServer:
         self.on_result = on_result
         self.errors: dict[str, int] = {}
         self.results_applied = 0
+        self.reports_unanswered = 0
+        """Results sent whose ``result_applied`` or ``error`` has not arrived yet."""
         self.registered = asyncio.Event()
         self._games: dict[str, asyncio.Task[None]] = {}
         self._write_lock = asyncio.Lock()
@@ -163,8 +165,15 @@ class BotServer:
                 msg = f"game server {self.server_id} was kicked: {message.get('reason')}"
                 raise ClientError(msg)
 
+    def stop_games(self) -> None:
+        """Cancel every game still being played, so that it reports no result."""
+        for game in self._games.values():
+            game.cancel()
+        self._games.clear()
+
     def on_reply(self, message: dict[str, Any]) -> None:
         """Count a ``result_applied`` or an ``error`` from the lobby."""
+        self.reports_unanswered = max(self.reports_unanswered - 1, 0)
         if message["type"] == "result_applied":
             self.results_applied += 1
             self.on_result()
@@ -180,6 +189,7 @@ class BotServer:
 
     async def report(self, client: LobbyClient, match: str, places: list[int]) -> None:
         """Send the ``match_result`` of ``match``: ``places`` has one place per team, 0 first."""
+        self.reports_unanswered += 1
         await self._send(client, {"type": "match_result", "match": match, "ranks": places})
 
     async def _send(self, client: LobbyClient, message: dict[str, Any]) -> None:
@@ -280,6 +290,21 @@ class League:
             msg = f"the bot game servers could not register: {exc or 'timed out'}"
             raise LeagueFailed(msg) from None
         return tasks
+
+    async def settle(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the replies to every result already sent.
+
+        A result is applied as soon as the lobby reads it, so stopping the servers
+        before its reply arrives would count fewer results than the lobby applied.
+        """
+        # Games still being played end unreported, so no new result goes out meanwhile.
+        for server in self.servers:
+            server.stop_games()
+        deadline = asyncio.get_running_loop().time() + seconds
+        while any(server.reports_unanswered for server in self.servers):
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.01)
 
     def expect(self, players: int, rounds: int, match_size: int) -> None:
         """Set how many results a run should see, which spaces the convergence samples."""
