@@ -11,6 +11,8 @@ import pytest
 from lobbyd import cli
 from lobbyd import config as config_module
 from lobbyd.client import LobbyClient
+from lobbyd.core.model import QueueRules, Ticket
+from lobbyd.core.pool import TicketPool
 from lobbyd.tuning import events as ev
 from lobbyd.tuning import policies, population, report
 from lobbyd.tuning.engine import Engine, EngineConfig, Outcome, ScriptedBehaviour
@@ -31,7 +33,7 @@ def run_population(model: population.Population, config: config_module.Config, p
     engine = Engine(
         engine_config(config),
         population.PopulationBehaviour(model),
-        policy=policies.make(policy, 10.0),
+        policy=policies.make(policy, 15.0, 200.0),
         policy_name=policy,
     )
     return engine.run(population.generate(model, config.rating_ordinal_k))
@@ -352,7 +354,7 @@ def test_policies_compare_as_documented() -> None:
     # The shipped comparison at 1,000 players instead of 10,000. At this size the
     # end of the run, when arrivals stop and the last players wait for their window
     # to widen, weighs on lobbyd's p95 wait, so this run widens the window 4 points
-    # per second instead of the shipped 3 (see docs/tuning.md).
+    # per second instead of the shipped 1.5 (see docs/tuning.md).
     model = msgspec.structs.replace(population.load(EXAMPLE_POPULATION), players=1000)
     config = config_module.load(EXAMPLE_RULES, environ={})
     queues = dict(config.queues)
@@ -385,3 +387,18 @@ def test_fifo_never_stalls_on_parties() -> None:
 
     matched = sum(len(team) for record in outcome.started for team in record.teams)
     assert matched >= 590
+
+
+def test_fixed_interval_cuts_within_its_window() -> None:
+    pool = TicketPool()
+    for seq, rating in enumerate([1000, 1010, 1020, 1030, 1200, 2000]):
+        pool.add(Ticket(f"p{rating}", "1v1", rating, 0.0, seq))
+    cut = policies.FixedInterval(15.0, window=50.0)
+    rules = QueueRules("1v1")
+
+    assert cut(pool, rules, 0.0, 10) == []
+    groups = cut(pool, rules, 15.0, 10)
+
+    assert [[ticket.rating for ticket in group] for group in groups] == [[1000, 1010], [1020, 1030]]
+    assert sorted(pool) == ["p1200", "p2000"]
+    assert cut(pool, rules, 16.0, 10) == []

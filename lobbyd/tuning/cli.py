@@ -26,7 +26,8 @@ from lobbyd.tuning.engine import Behaviour, Engine, EngineConfig, ScriptedBehavi
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
-DEFAULT_INTERVAL_S: Final = 10.0
+DEFAULT_INTERVAL_S: Final = 15.0
+DEFAULT_WINDOW: Final = 200.0
 
 
 class UsageError(Exception):
@@ -49,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_INTERVAL_S,
         help=f"seconds between cuts of the fixed-interval policy (default {DEFAULT_INTERVAL_S:g})",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=DEFAULT_WINDOW,
+        help=f"fixed rating window of the fixed-interval policy, in points (default {DEFAULT_WINDOW:g})",
     )
     parser.add_argument("--players", type=int, help="with --population: override its number of players")
     parser.add_argument("--arrival-rate", type=float, help="with --population: override its players per second")
@@ -93,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         engine = Engine(
             engine_config,
             make_behaviour(),
-            policy=policies.make(name, args.interval),
+            policy=policies.make(name, args.interval, args.window),
             policy_name=name,
             record=recorded.append if args.record is not None and index == 0 else None,
         )
@@ -106,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     reports = [built for _, built in runs]
     print("\n\n".join(report.format_report(built) for built in reports))
     if len(reports) > 1:
-        print(f"\nside by side (fixed-interval cuts every {args.interval:g} s):")
+        print(f"\nside by side (fixed-interval cuts every {args.interval:g} s within {args.window:g} points):")
         print(report.format_comparison(reports))
     if args.json is not None:
         document = report.Document(reports=reports)
@@ -122,6 +129,9 @@ def _run(args: argparse.Namespace) -> int:
 def _check_args(args: argparse.Namespace) -> None:
     if args.interval <= 0:
         msg = f"--interval must be greater than 0, got {args.interval:g}"
+        raise UsageError(msg)
+    if args.window <= 0:
+        msg = f"--window must be greater than 0, got {args.window:g}"
         raise UsageError(msg)
     if args.band_width < 1:
         msg = f"--band-width must be at least 1, got {args.band_width}"

@@ -6,7 +6,8 @@ its own (``split_teams``), so only the choice of players differs.
 
 * ``fifo``: the first players in queue order form a match, whatever their ratings.
 * ``FixedInterval``: every ``interval`` seconds, the waiting pool is sorted by rating
-  and cut into consecutive groups; the players left over wait for the next cut.
+  and cut into consecutive groups whose rating spread is within a fixed ``window``;
+  the players left over wait for the next cut, however long they have waited.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ def fifo(pool: TicketPool, rules: QueueRules, now: float, limit: int) -> list[li
 
 
 class FixedInterval:
-    """Every ``interval`` seconds per queue, cut the pool sorted by rating into groups."""
+    """Every ``interval`` seconds per queue, cut the pool sorted by rating into groups.
 
-    def __init__(self, interval: float) -> None:
+    A group forms only when its highest and lowest ratings are at most ``window``
+    points apart, whatever its players' wait; None takes every group.
+    """
+
+    def __init__(self, interval: float, window: float | None = None) -> None:
         self.interval = interval
+        self.window = window
         self.next_cut: dict[str, float] = {}
 
     def __call__(self, pool: TicketPool, rules: QueueRules, now: float, limit: int) -> list[list[Ticket]]:
@@ -44,7 +50,7 @@ class FixedInterval:
         if now < due:
             return []
         ordered = sorted(pool.values(), key=lambda ticket: (ticket.rating, ticket.waiting_since, ticket.seq))
-        groups = _consecutive_groups(ordered, rules, limit)
+        groups = _consecutive_groups(ordered, rules, limit, self.window)
         _remove(pool, groups)
         # A cut that hit the tick's match limit continues on the next tick, which the
         # lobby runs at once; only a finished cut waits for the next interval.
@@ -53,20 +59,30 @@ class FixedInterval:
         return groups
 
 
-def make(name: str, interval: float) -> GroupPolicy:
-    """Return the policy called ``name``; ``interval`` in seconds is the fixed-interval cut's."""
+def make(name: str, interval: float, window: float | None = None) -> GroupPolicy:
+    """Return the policy called ``name``.
+
+    ``interval`` in seconds and ``window`` in rating points are the fixed-interval cut's.
+    """
     if name == FIFO:
         return fifo
     if name == FIXED_INTERVAL:
-        return FixedInterval(interval)
+        return FixedInterval(interval, window)
     if name == LOBBYD:
         return take_groups
     msg = f"unknown policy {name!r}: expected one of {', '.join(NAMES)}"
     raise ValueError(msg)
 
 
-def _consecutive_groups(tickets: Iterable[Ticket], rules: QueueRules, limit: int) -> list[list[Ticket]]:
-    """Fill groups from ``tickets`` in order; a ticket too large for the open group waits for the next."""
+def _consecutive_groups(
+    tickets: Iterable[Ticket], rules: QueueRules, limit: int, window: float | None = None
+) -> list[list[Ticket]]:
+    """Fill groups from ``tickets`` in order; a ticket too large for the open group waits for the next.
+
+    With a ``window``, a ticket more than ``window`` rating points above the open
+    group's first ticket drops the group's tickets before it that are too far below,
+    so only groups within the window form (``tickets`` must then be sorted by rating).
+    """
     need = rules.match_size
     groups: list[list[Ticket]] = []
     group: list[Ticket] = []
@@ -74,6 +90,9 @@ def _consecutive_groups(tickets: Iterable[Ticket], rules: QueueRules, limit: int
     for ticket in tickets:
         if len(groups) >= limit:
             break
+        if window is not None:
+            while group and ticket.rating - group[0].rating > window:
+                total -= group.pop(0).size
         if total + ticket.size > need or not _packs([*group, ticket], rules):
             continue
         group.append(ticket)
