@@ -122,6 +122,25 @@ async def test_replies_keep_request_order(cluster: Cluster) -> None:
     await client.close()
 
 
+async def test_full_forward_queue_rejects_busy(cluster: Cluster) -> None:
+    # A bound of 1: the first request of the burst waits to be forwarded, and every
+    # other one arrives before the node's forwarding task runs.
+    (node,) = cluster.start_many(1, max_queued_requests=1)
+    await cluster.wait_for_leader()
+    client = await login(node, "eager")
+    burst = [{"type": "get_profile", "rid": rid} for rid in range(1, 6)]
+    client.writer.write(b"".join(client.encode(message) for message in burst))
+
+    replies = [await client.recv() for _ in burst]
+
+    assert [reply["rid"] for reply in replies] == [1, 2, 3, 4, 5]
+    assert replies[0]["type"] == "profile"
+    assert {(reply["type"], reply.get("code")) for reply in replies[1:]} == {("error", "server_busy")}
+    assert all(reply["retry_after_ms"] > 0 for reply in replies[1:])
+    await join(client, "5v5")
+    await client.close()
+
+
 async def test_hello_then_join_in_one_write(cluster: Cluster) -> None:
     (node,) = cluster.start_many(1)
     await cluster.wait_for_leader()

@@ -106,6 +106,7 @@ def open_cluster(
         heartbeat_ms=settings.heartbeat_ms,
         retry_after_ms=config.unavailable_retry_ms,
         dev_mode=settings.dev_mode,
+        max_queued=config.max_queued_requests,
     )
     results = persistence.store if isinstance(persistence.store, PostgresStore) else None
     return ClusterNode(state, node_settings, term, registry, persistence, new_match_id, results)

@@ -46,11 +46,13 @@ import msgspec
 
 from lobbyd.core.model import DEFAULT_RATING
 from lobbyd.core.snapshot import player_record
-from lobbyd.errors import SharedStateError, ShuttingDown, Unavailable
+from lobbyd.errors import ServerBusy, SharedStateError, ShuttingDown, Unavailable
 from lobbyd.protocol import cluster as c
 from lobbyd.protocol import messages as m
 from lobbyd.server import logs
 from lobbyd.server.cluster_leader import LeadershipLost, LeaderTerm, TermSettings, wait_event
+from lobbyd.server.game_server_session import SessionRole
+from lobbyd.server.matchmaker import BUSY_RETRY_MS
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.registry import Registry
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
@@ -99,6 +101,8 @@ class NodeSettings:
     heartbeat_ms: int
     retry_after_ms: int
     dev_mode: bool
+    max_queued: int = 50_000
+    """Player requests waiting to be forwarded to the leader; one more gets ``server_busy``."""
 
 
 class ClusterNode:
@@ -126,8 +130,8 @@ class ClusterNode:
         self._unhealthy_since: float | None = None
         self._sessions: dict[str, _SessionState] = {}
         self._by_player: dict[str, str] = {}
-        # TODO: bound this queue as MatchmakerLoop bounds its own (max_queued_requests);
-        # only the per-session rate limit holds it back on a cluster node.
+        # Bounded by ``settings.max_queued`` player requests, checked in ``_incoming``;
+        # logins, closes and game-server requests always enter.
         self._outbox: asyncio.Queue[Request | c.Forward | None] = asyncio.Queue()
         self._held: list[c.Forward] = []
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -181,6 +185,9 @@ class ClusterNode:
             session.log.error("request_not_forwardable", type=type(message).__name__)
             self._answer_locally(session, "internal", "the server failed to process this request", rid)
             return
+        if self._outbox.qsize() >= self.settings.max_queued and session.role is not SessionRole.GAME_SERVER:
+            self._answer_busy(session, rid)
+            return
         tracked.seq += 1
         tracked.order.append(tracked.seq)
         forward = c.Forward(self.node, session.id, tracked.seq, tracked.since, tracked.player, request=message)
@@ -194,6 +201,15 @@ class ClusterNode:
         session.inflight -= 1
         self._reply(session, self._unavailable_error(rid))
         session.log.info("request_rejected", code=Unavailable.code)
+
+    def _answer_busy(self, session: Session, rid: int | None) -> None:
+        session.inflight -= 1
+        msg = (
+            f"the node has {self.settings.max_queued} requests waiting for the leader; "
+            "this request was dropped, retry after retry_after_ms"
+        )
+        self._reply(session, m.Error(code=ServerBusy.code, message=msg, rid=rid, retry_after_ms=BUSY_RETRY_MS))
+        session.log.warning("request_rejected", code=ServerBusy.code, queued=self._outbox.qsize())
 
     def _answer_locally(self, session: Session, code: str, message: str, rid: int | None) -> None:
         session.inflight -= 1
