@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import pytest
 
 from lobbyd.core import effects as fx
+from lobbyd.core.expansion import Expansion
 from lobbyd.core.game_servers import StaticServer
 from lobbyd.core.hosting import Hosting, HostingSettings
 from lobbyd.core.join_ticket import verify
@@ -34,6 +35,9 @@ QUEUES = {
     "duel": QueueRules("duel", team_count=2, team_size=1),
     "eu_duel": QueueRules("eu_duel", team_count=2, team_size=1, region="eu"),
     "trio": QueueRules("trio", team_count=3, team_size=1, window_start=500.0),
+    "near": QueueRules(
+        "near", team_count=2, team_size=1, latency_steps=Expansion.of((0.0, 100.0)), regions=("eu", "us")
+    ),
 }
 SETTINGS = LobbySettings(ready_timeout=10.0, heartbeat_ms=10_000, finished_ttl=300.0)
 HOSTING = HostingSettings(ticket_key=KEY, allocate_timeout=5.0, ticket_ttl=60.0, match_timeout=600.0)
@@ -191,6 +195,26 @@ def test_no_match_forms_without_a_free_server() -> None:
     assert lobby.checks["m1"].tickets["a"].waiting_since == 1.0
 
 
+def test_latency_queue_forms_only_where_a_server_is_free() -> None:
+    # Both players are nearer us, but only eu has a server: the match must form in eu,
+    # which is within the limit, not in us, where it would end in no_server.
+    lobby = new_lobby()
+    register(lobby, "gs-eu", queues=("near",), region="eu")
+    for player in ("a", "b"):
+        lobby.connect(f"s-{player}", PlayerRecord(player, player.upper(), 1500, 0.0, 0.0), player, None, 1.0)
+        lobby.join_queue(f"s-{player}", "near", 1.0, latency={"eu": 90.0, "us": 20.0})
+
+    (found,) = [e for e in lobby.tick(1.0) if isinstance(e, fx.OfferMatch)]
+    assert lobby.checks[found.match].region == "eu"
+    effects: list[fx.Effect] = []
+    for player in ("a", "b"):
+        effects = lobby.accept(f"s-{player}", found.match, 1.0)
+
+    (allocate,) = inbox(effects, "g-gs-eu")
+    assert isinstance(allocate, m.Allocate)
+    assert allocate.region == "eu"
+
+
 def test_running_ready_checks_hold_server_slots() -> None:
     lobby = new_lobby()
     register(lobby, "gs1", capacity=1)
@@ -234,6 +258,34 @@ def test_refusal_requeues_and_frees_slot() -> None:
     assert _hosting(lobby).pool.servers["gs1"].matches == {}
     with pytest.raises(MatchOver):
         _hosting(lobby).acknowledge("g-gs1", "m1", 2.5)
+
+
+def test_server_rests_after_a_refusal() -> None:
+    # Without the rest the requeued pair would be offered at once and sent to the same
+    # server, which refuses again, in a loop.
+    lobby = new_lobby()
+    register(lobby, "gs1", capacity=1)
+    play_to_all_accepted(lobby, ["a", "b"], now=1.0)
+    _hosting(lobby).refuse("g-gs1", "m1", "maintenance", 2.0)
+
+    assert [e for e in lobby.tick(2.0) if isinstance(e, fx.OfferMatch)] == []
+    assert [e for e in lobby.tick(6.9) if isinstance(e, fx.OfferMatch)] == []
+    rested = lobby.tick(7.0)
+
+    assert len(events(rested, "game_server_rested")) == 1
+    assert len([e for e in rested if isinstance(e, fx.OfferMatch)]) == 1
+
+
+def test_server_rests_after_a_missed_allocation() -> None:
+    lobby = new_lobby()
+    register(lobby, "gs1", capacity=1)
+    play_to_all_accepted(lobby, ["a", "b"], now=1.0)
+
+    timed_out = lobby.tick(6.0)
+
+    assert inbox(timed_out, "g-gs1") == [m.Deallocate(match="m1", reason="timed_out")]
+    assert [e for e in timed_out if isinstance(e, fx.OfferMatch)] == []
+    assert len([e for e in lobby.tick(11.0) if isinstance(e, fx.OfferMatch)]) == 1
 
 
 def test_allocation_timeout_deallocates() -> None:

@@ -97,7 +97,8 @@ class GroupCheck:
         self.ceiling = steps.limit_at(anchor_wait) if steps is not None else None
 
     def start(self) -> Partial:
-        return Partial(None, SlotMatching(self.rules.team_count) if self.rules.roles else None)
+        regions = frozenset(self.rules.regions) if self.ceiling is not None and self.rules.regions else None
+        return Partial(regions, SlotMatching(self.rules.team_count) if self.rules.roles else None)
 
     def extend(self, partial: Partial, ticket: Ticket) -> Partial | None:
         """Return ``partial`` with ``ticket`` added, or None when the ticket rules the match out."""
@@ -129,8 +130,13 @@ def _allowed(ticket: Ticket, rules: QueueRules, now: float) -> tuple[tuple[str, 
 def _region(group: Sequence[Ticket], rules: QueueRules, anchor_wait: float) -> str | None:
     if rules.latency_steps is None:
         return rules.region
-    # A ticket without a report has no region any match can use.
-    latencies = [ticket.latency or {} for ticket in group]
+    # A ticket without a report has no region any match can use. ``rules.regions`` may
+    # be narrower than at the join: the lobby leaves out regions without a free server.
+    allowed = rules.regions
+    latencies = [
+        {region: ms for region, ms in (ticket.latency or {}).items() if not allowed or region in allowed}
+        for ticket in group
+    ]
     return choose_region(latencies, rules.latency_steps, anchor_wait)
 
 

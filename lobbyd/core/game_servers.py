@@ -41,6 +41,9 @@ class GameServer:
     session: str | None = None
     """The registered server's session; None for a static server."""
     matches: dict[str, float] = field(default_factory=dict)
+    resting_until: float = 0.0
+    """Until this time (the lobby's clock) the server takes no new match: it refused or
+    missed an allocation, and asking it again at once would fail the same way."""
 
     @property
     def static(self) -> bool:
@@ -50,7 +53,11 @@ class GameServer:
         return (len(self.matches) / self.capacity, len(self.matches), self.id)
 
     def can_host(self, queue: str, region: str) -> bool:
-        return len(self.matches) < self.capacity and queue in self.queues and self.region == region
+        return self.has_room() and queue in self.queues and self.region == region
+
+    def has_room(self) -> bool:
+        """True when the server has a free slot and is not resting after a failed allocation."""
+        return len(self.matches) < self.capacity and self.resting_until == 0.0
 
 
 class GameServerPool:

@@ -49,6 +49,8 @@ class HostingSettings:
     static_servers: tuple[StaticServer, ...] = ()
     static_slot: float = 1800.0
     """Seconds a match holds its static server's slot, since no static server reports an end."""
+    failed_allocation_rest: float = 5.0
+    """Seconds a server that refused or missed an allocation gets no new match."""
 
 
 @dataclass(slots=True)
@@ -88,6 +90,26 @@ class Hosting:
 
     # Game servers.
 
+    def _rest(self, server_id: str, now: float) -> None:
+        """Keep a server that refused or missed an allocation out of new matches for a while.
+
+        Without the rest, the requeued players are matched again on the next tick and
+        sent to the same server, which fails the same way, in a loop.
+        """
+        server = self.pool.servers.get(server_id)
+        if server is not None:
+            server.resting_until = now + self.settings.failed_allocation_rest
+
+    def free_regions(self, rules: QueueRules) -> tuple[str, ...]:
+        """Return the regions where a server that hosts ``rules``' queue has a free slot."""
+        allowed = rules.regions
+        regions = {
+            server.region
+            for server in self.pool
+            if rules.name in server.queues and server.has_room() and (not allowed or server.region in allowed)
+        }
+        return tuple(sorted(regions))
+
     def free_slots(self, rules: QueueRules) -> int:
         """Return the match slots free for ``rules``' queue on every server that may host it.
 
@@ -102,7 +124,7 @@ class Hosting:
                 fits = server.region == rules.region
             else:
                 fits = not rules.regions or server.region in rules.regions
-            if fits:
+            if fits and server.resting_until == 0.0:
                 free += max(server.capacity - len(server.matches), 0)
         return free
 
@@ -224,6 +246,7 @@ class Hosting:
             raise MatchOver(msg, rid=rid)
         hosted.apply(MatchEvent.REFUSE)
         self.counts.refused += 1
+        self._rest(hosted.server, now)
         effects = self._requeue_hosted(hosted, now, "refused")
         effects.append(fx.Event("allocation_refused", {"match": match, "server": hosted.server, "detail": reason}))
         return effects
@@ -291,11 +314,16 @@ class Hosting:
     def tick(self, now: float) -> list[fx.Effect]:
         """Time out unacknowledged allocations and overlong matches, and free static slots."""
         effects: list[fx.Effect] = []
+        for server in self.pool:
+            if server.resting_until and server.resting_until <= now:
+                server.resting_until = 0.0
+                effects.append(fx.Event("game_server_rested", {"server": server.id}))
         for hosted in [h for h in self.matches.values() if h.deadline <= now]:
             effects.append(fx.Send(hosted.session, m.Deallocate(match=hosted.id, reason="timed_out")))
             if hosted.phase is MatchPhase.ALLOCATING:
                 self.counts.timed_out += 1
                 hosted.apply(MatchEvent.TIME_OUT)
+                self._rest(hosted.server, now)
                 effects.extend(self._requeue_hosted(hosted, now, "timed_out"))
             else:
                 effects.extend(self._abandon(hosted, MatchEvent.TIME_OUT, "timed_out", now))

@@ -12,6 +12,7 @@ once; with them, ``Hosting`` holds the players until the match ends.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import Counter
@@ -365,6 +366,7 @@ class Lobby:
             limit = budget
             if pending is not None:
                 limit = min(limit, self._hosting_room(rules, pending[name], effects))
+                rules = self._hostable(rules)
             for group in policy(self.queues[name], rules, now, limit):
                 effects.extend(self._propose(rules, group, now))
                 budget -= 1
@@ -389,6 +391,17 @@ class Lobby:
             on_hold.discard(rules.name)
             effects.append(fx.Event("queue_resumed", {"queue": rules.name}))
         return max(room, 0)
+
+    def _hostable(self, rules: QueueRules) -> QueueRules:
+        """Return ``rules`` limited to the regions with a free game server slot.
+
+        Players' latency may favour a region whose servers are all busy or absent; a
+        match formed there would end in ``no_server`` and form again at once.
+        """
+        if rules.latency_steps is None or self.hosting is None:
+            return rules
+        free = self.hosting.free_regions(rules)
+        return dataclasses.replace(rules, regions=free) if free else rules
 
     def void_match(self, match: str, unreachable: Iterable[str], now: float) -> list[fx.Effect]:
         """Undo a proposed match whose ``match_found`` could not reach every player.
