@@ -370,3 +370,30 @@ async def wait_until_stored(cluster: Cluster, match: str, state: MatchState) -> 
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"match {match} stored as {found}, expected {state}")
+
+
+async def test_result_reply_keeps_request_order(cluster: Cluster, opened: list[LobbyClient]) -> None:
+    # result_applied waits for PostgreSQL; the replies to what the server sent after
+    # the result must not overtake it, on the leader's node or another one.
+    nodes = cluster.start_many(2, **HOSTED)
+    leader, _ = await cluster.wait_for_leader()
+    follower = next(daemon for name, daemon in cluster.nodes.items() if name != leader)
+    gs = await game_server(opened, follower)
+    match, _, _ = await running_match(cluster, opened, gs, nodes)
+    batch = [
+        {"type": "match_result", "match": match, "winner": 0, "rid": 201},
+        {"type": "ping", "rid": 202},
+        {"type": "match_result", "match": match, "winner": 1, "rid": 203},
+        {"type": "ping", "rid": 204},
+    ]
+    gs.writer.write(b"".join(gs.encode(message) for message in batch))
+
+    replies = [await gs.recv_type("result_applied", "error", "pong", timeout=SLOW_S) for _ in batch]
+
+    assert [(reply["type"], reply["rid"]) for reply in replies] == [
+        ("result_applied", 201),
+        ("pong", 202),
+        ("error", 203),
+        ("pong", 204),
+    ]
+    assert replies[2]["code"] == "already_reported"

@@ -154,6 +154,9 @@ class LeaderTerm:
         self._logins: dict[str, float] = {}
         self._absent_since: dict[str, float] = {}
         self._delivery_ids = itertools.count(1)
+        # While a batch is built: the (session, request seq) whose reply a result's
+        # finishing delivery carries; see ``_build``.
+        self._reply_after_finish: tuple[str, int] | None = None
         self._starts: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self.started_at = time.time()
@@ -499,9 +502,15 @@ class LeaderTerm:
             commit.presence_deletes.extend(batch.presence_deletes)
             messages: dict[str, list[m.ServerMessage]] = {}
             closes: dict[str, str] = {}
+            # A result's reply (result_applied) goes out with the finishing commit, after
+            # the result is stored; the request is done only then, so that the node keeps
+            # the replies to the server's later requests behind it.
+            self._reply_after_finish = None
             if batch.requester is not None and batch.seq > 0:
                 # The session's node waits for the reply to this request.
                 messages[batch.requester] = []
+                if _finish_replies(batch.effects, batch.requester):
+                    self._reply_after_finish = (batch.requester, batch.seq)
             for effect in batch.effects:
                 if isinstance(effect, fx.Close):
                     messages.setdefault(effect.session, [])
@@ -510,7 +519,12 @@ class LeaderTerm:
                     self._route(effect, messages, commit, outcome)
             for key, sent in messages.items():
                 done = [batch.seq] if key == batch.requester and batch.seq > 0 else []
+                if self._reply_after_finish is not None and key == batch.requester:
+                    if not sent and key not in closes:
+                        continue
+                    done = []
                 self._add_delivery(commit, key, sent, done, closes.get(key))
+            self._reply_after_finish = None
 
         players, matches = self.changes.take()
         for player_id in players:
@@ -600,9 +614,11 @@ class LeaderTerm:
         for send in effect.sends:
             messages.setdefault(send.session, []).append(send.message)
         deliveries: dict[str, list[bytes]] = {}
+        waiting = self._reply_after_finish
         for key, sent in messages.items():
             node, session = c.split_session_key(key)
-            delivery = c.Delivery(f"finish-{match}-{session}", session, sent)
+            done = [waiting[1]] if waiting is not None and waiting[0] == key else []
+            delivery = c.Delivery(f"finish-{match}-{session}", session, sent, done=done)
             deliveries.setdefault(node, []).append(c.ENCODER.encode(delivery))
         return c.FinishingMatch(
             match=match,
@@ -765,6 +781,14 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         async with asyncio.timeout(seconds):
             await event.wait()
     return event.is_set()
+
+
+def _finish_replies(effects: Iterable[fx.Effect], requester: str) -> bool:
+    """Return whether a result in ``effects`` sends ``requester`` its reply once stored."""
+    return any(
+        isinstance(effect, fx.FinishMatch) and any(send.session == requester for send in effect.sends)
+        for effect in effects
+    )
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -459,6 +459,9 @@ class ClusterNode:
         if session is None:
             return
         tracked = self._sessions.get(delivery.session)
+        answers = tracked is not None and delivery.done and delivery.close is None
+        if answers and tracked is not None and self._answer(session, tracked, delivery):
+            return
         for message in delivery.messages:
             session.send(message)
             if tracked is not None:
@@ -468,6 +471,28 @@ class ClusterNode:
         if tracked is not None:
             for seq in delivery.done:
                 self._resolve(session, tracked, seq, None)
+
+    def _answer(self, session: Session, tracked: _SessionState, delivery: c.Delivery) -> bool:
+        """Put the messages of a delivery that answers requests in the place of the first of them.
+
+        Replies then leave in request order even when the leader answers a later request
+        first, as it does for a result, whose reply waits until the result is stored.
+        Returns False when none of the requests is still waiting.
+        """
+        pending = [seq for seq in delivery.done if seq in tracked.order]
+        if not pending:
+            return False
+        for message in delivery.messages:
+            _note_place(tracked, message)
+        items = list(tracked.order)
+        for seq in pending[1:]:
+            items.remove(seq)
+        at = items.index(pending[0])
+        items[at : at + 1] = delivery.messages
+        tracked.order = collections.deque(items)
+        session.inflight -= len(pending)
+        self._flush_order(session, tracked)
+        return True
 
     # Health.
 
