@@ -9,6 +9,7 @@ so no lock guards the lobby.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Iterable
 from typing import Final, TypeGuard
@@ -84,6 +85,8 @@ class MatchmakerLoop:
         self.max_queued = max_queued
         # Requests rejected since the queue last filled up; None while it is not full.
         self._busy_rejected: int | None = None
+        # Effects of the last tick not yet carried out, in order (see ``tick``).
+        self._pending: collections.deque[fx.Effect] = collections.deque()
         self.draining = False
         # False once a graceful stop begins: ready checks still run, no new ones form.
         self.forming = True
@@ -125,18 +128,21 @@ class MatchmakerLoop:
         try:
             while True:
                 wait = next_tick - loop.time()
-                if wait > 0 and self.requests.empty():
+                if wait > 0 and self.requests.empty() and not self._pending:
                     try:
                         async with asyncio.timeout(wait):
-                            self.handle(await self.requests.get())
+                            request = await self.requests.get()
+                            # A tick called from outside this loop may have left effects.
+                            self._apply_pending(None)
+                            self.handle(request)
                     except TimeoutError:
                         pass
                 else:
                     # Let sessions read and write before the next slice of work.
                     await asyncio.sleep(0)
                 self.drain_requests(REQUEST_SLICE_S)
-                if loop.time() >= next_tick:
-                    self.tick()
+                if loop.time() >= next_tick and not self._pending:
+                    self.tick(REQUEST_SLICE_S)
                     # A late tick does not trigger a burst of catch-up ticks; a tick
                     # that hit its match budget is continued at once.
                     next_tick = max(next_tick + self.tick_interval, loop.time())
@@ -146,8 +152,14 @@ class MatchmakerLoop:
             log.info("matchmaker_stopped")
 
     def drain_requests(self, seconds: float | None = None) -> None:
-        """Apply the requests already queued without waiting, for at most about ``seconds``."""
+        """Apply the requests already queued without waiting, for at most about ``seconds``.
+
+        The effects a tick left over come first, so that every session hears of the
+        tick before the outcome of a request that came after it.
+        """
         deadline = None if seconds is None else time.perf_counter() + seconds
+        if not self._apply_pending(deadline):
+            return
         requests = self.requests
         while not requests.empty():
             self.handle(requests.get_nowait())
@@ -157,13 +169,33 @@ class MatchmakerLoop:
             log.info("request_queue_drained", rejected=self._busy_rejected)
             self._busy_rejected = None
 
-    def tick(self) -> None:
+    def tick(self, seconds: float | None = None) -> None:
+        """Run the lobby's tick and carry out its effects for at most about ``seconds``.
+
+        A tick that forms 50 matches sends 500 match_found messages, 8 to 21 ms of
+        writes in the lifecycle benchmark. The effects left when ``seconds`` run out
+        wait for the next turns of the loop, and ``drain_requests`` applies no
+        request before them. ``None`` carries out every effect now.
+        """
         started = time.perf_counter()
         try:
-            self.apply(self.lobby.tick(time.time(), form_matches=self.forming))
+            self._pending.extend(self.lobby.tick(time.time(), form_matches=self.forming))
         except Exception:
             log.exception("tick_failed")
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
+        self._apply_pending(None if seconds is None else started + seconds)
+
+    def _apply_pending(self, deadline: float | None) -> bool:
+        """Carry out the effects a tick left over until ``deadline``; return whether none is left."""
+        pending = self._pending
+        while pending:
+            try:
+                self.apply((pending.popleft(),))
+            except Exception:
+                log.exception("tick_effect_failed")
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        return not pending
 
     def handle(self, request: Request) -> None:
         """Apply one request; a rejected request gets its error as the reply."""
