@@ -81,7 +81,7 @@ async def test_mass_disconnect_releases_all(
 ) -> None:
     # A zero-length output slice releases one closed session per loop iteration, so
     # the burst below is spread over many iterations.
-    monkeypatch.setattr(matchmaker_module, "OUTPUT_SLICE_S", 0.0)
+    monkeypatch.setattr(matchmaker_module, "BURST_SLICE_S", 0.0)
     server = await start_server()
     clients = [await connect(f"mass{index}") for index in range(40)]
     for client in clients[:20]:

@@ -14,11 +14,11 @@ import pytest
 
 from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
+from lobbyd.store import sqlite as sqlite_module
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
 from lobbyd.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from lobbyd.store.postgres import PenaltyRecord, PostgresStore, ResultRecord
-from lobbyd.store import sqlite as sqlite_module
 from lobbyd.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 from tests.services import Service, free_port
 

@@ -151,7 +151,8 @@ class Server:
             max_queued=config.max_queued_requests,
             metrics=self.metrics,
         )
-        self._releases: PacedQueue[Session] = PacedQueue(self.matchmaker.output_pacer, Session.release)
+        self.burst_pacer = self.matchmaker.burst_pacer
+        self._releases: PacedQueue[Session] = PacedQueue(self.burst_pacer, Session.release)
         self.recorder: EventRecorder | None = None
         if config.record_events_file:
             tick_interval = config.tick_interval_ms / 1000

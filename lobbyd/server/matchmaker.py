@@ -36,11 +36,12 @@ from lobbyd.server.session import Session
 # (wire and lifecycle benchmarks, py-spy), depending on whether the peer must be woken.
 REQUEST_SLICE_S: Final = 0.002
 
-# Seconds of output work per turn of the loop: match-start fan-out and the release
-# of sessions whose peer closed. A group commit wakes every match it wrote at once,
-# and 50 of them write 500 match_start messages; a load balancer's restart can end
+# Seconds per turn of the loop for work that becomes ready in bursts: match-start
+# fan-out, the release of sessions whose peer closed, and logins resumed by one
+# store read. A group commit wakes every match it wrote at once, and 50 of them
+# write 500 match_start messages. A load balancer's restart can end or open
 # thousands of connections at once.
-OUTPUT_SLICE_S: Final = 0.002
+BURST_SLICE_S: Final = 0.002
 
 # Default bound of the request queue: 5 requests per connection at the default
 # max_connections. At an estimated 10 to 30 microseconds per request, a full queue is
@@ -93,8 +94,8 @@ class MatchmakerLoop:
         self.starts: set[asyncio.Task[None]] = set()
         # Set by the server when record_events_file is configured.
         self.recorder: EventRecorder | None = None
-        # Shared with the server's release of closed sessions (``OUTPUT_SLICE_S``).
-        self.output_pacer = Pacer(OUTPUT_SLICE_S)
+        # Shared with the server's sessions (``BURST_SLICE_S``).
+        self.burst_pacer = Pacer(BURST_SLICE_S)
 
     def submit(self, request: Request) -> None:
         """Queue ``request``, or reject a player request with ``server_busy`` when the queue is full."""
@@ -349,7 +350,7 @@ class MatchmakerLoop:
             return
         committed = time.perf_counter()
         self.metrics.matches_started[record.queue] += 1
-        await self.output_pacer.pace()
+        await self.burst_pacer.pace()
         delivered = await fan_out(sends, self.registry, self.send_timeout)
         log.info(
             "match_started",
