@@ -523,7 +523,7 @@ def session_limits(config: Config) -> SessionLimits:
     )
 
 
-async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
+async def _wait_bounded(tasks: set[asyncio.Future[None]], seconds: float) -> set[asyncio.Future[None]]:
     """Wait up to ``seconds`` for ``tasks``; return those still running."""
     pending = {task for task in tasks if not task.done()}
     if not pending:

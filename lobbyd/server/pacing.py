@@ -80,19 +80,28 @@ class PacedQueue(Generic[_T]):
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._run)
 
+    def run_or_put(self, item: _T) -> None:
+        """Handle ``item`` now if no item waits before it and the slice has time, else queue it."""
+        if not self._items and self._pacer.has_time():
+            self._call(item)
+            return
+        self.put(item)
+
     def _run(self) -> None:
         self._scheduled = False
         items = self._items
         self._pacer.has_time()
         while items:
-            item = items.popleft()
-            try:
-                self._handle(item)
-            except Exception as exc:
-                message = f"paced handler {self._handle!r} failed on {item!r}"
-                asyncio.get_running_loop().call_exception_handler({"message": message, "exception": exc})
+            self._call(items.popleft())
             if not self._pacer.has_time():
                 break
         if items:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._run)
+
+    def _call(self, item: _T) -> None:
+        try:
+            self._handle(item)
+        except Exception as exc:
+            message = f"paced handler {self._handle!r} failed on {item!r}"
+            asyncio.get_running_loop().call_exception_handler({"message": message, "exception": exc})
