@@ -137,10 +137,7 @@ class MatchmakerLoop:
                 if wait > 0 and self.requests.empty() and not self._pending:
                     try:
                         async with asyncio.timeout(wait):
-                            request = await self.requests.get()
-                            # A tick called from outside this loop may have left effects.
-                            self._apply_pending(None)
-                            self.handle(request)
+                            self._handle_after_pending(await self.requests.get())
                     except TimeoutError:
                         pass
                 else:
@@ -156,6 +153,12 @@ class MatchmakerLoop:
                         next_tick = loop.time()
         finally:
             log.info("matchmaker_stopped")
+
+    def _handle_after_pending(self, request: Request) -> None:
+        # A tick called from outside this loop may have left effects. The request is
+        # no local of ``run``, which would keep its session alive until the next one.
+        self._apply_pending(None)
+        self.handle(request)
 
     def drain_requests(self, seconds: float | None = None) -> None:
         """Apply the requests already queued without waiting, for at most about ``seconds``.
