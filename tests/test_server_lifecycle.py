@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from lobbyd.client import ClientError
 from lobbyd.server import logs as log_setup
+from lobbyd.server import matchmaker as matchmaker_module
 from lobbyd.server.app import DATABASE_FILE
 from lobbyd.store.sqlite import SqliteStore
 from tests.conftest import ClientFactory, ServerFactory
@@ -70,6 +71,33 @@ async def test_lifecycle_events_logged(
     assert all(isinstance(entry["duration_ms"], int) for entry in closed)
     assert events(logs, "server_stopped")
     assert not [entry for entry in logs if entry["log_level"] == "error"]
+
+
+async def test_mass_disconnect_releases_all(
+    start_server: ServerFactory,
+    connect: ClientFactory,
+    info_logs: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A zero-length output slice releases one closed session per loop iteration, so
+    # the burst below is spread over many iterations.
+    monkeypatch.setattr(matchmaker_module, "BURST_SLICE_S", 0.0)
+    server = await start_server()
+    clients = [await connect(f"mass{index}") for index in range(40)]
+    for client in clients[:20]:
+        await client.request("join_queue", queue="1v1")
+        await client.recv_type("queued")
+
+    await asyncio.gather(*(client.close() for client in clients))
+    assert await server.server.registry.wait_empty(10)
+    # Every release queued a disconnect for the matchmaker; apply those still waiting.
+    server.server.matchmaker.drain_requests()
+
+    assert not server.server.lobby.sessions
+    assert not any(server.server.lobby.queues.values())
+    closed = events(info_logs, "session_closed")
+    assert sorted(entry["player"] for entry in closed) == sorted(f"mass{index}" for index in range(40))
+    assert all(entry["reason"] == "peer_closed" for entry in closed)
 
 
 async def test_cleanup_forgets_idle_records(start_server: ServerFactory, connect: ClientFactory) -> None:

@@ -226,21 +226,39 @@ async def test_leave_before_tick_wins(start_server: ServerFactory, connect: Clie
     assert await drain_for(leave, 0.1) == []
 
 
-async def test_tick_before_leave_cancels(start_server: ServerFactory, connect: ClientFactory) -> None:
-    server = await start_server(**NO_TICKS)
-    stay, leave = await queue_pair(connect, "stay2", "go2")
-    rid = await leave.request("leave_queue", queue="1v1")
-    # The tick runs before the loop reads the leave_queue already on the wire.
-    server.server.matchmaker.tick()
+async def expect_offer_then_leave(stay: LobbyClient, leave: LobbyClient, rid: int) -> None:
+    """Check that ``leave`` got its offer, then its cancellation, then the reply to its leave_queue."""
     found = await leave.recv()
     assert found["type"] == "match_found"
     cancelled = await leave.recv()
     assert cancelled == {"type": "match_cancelled", "match": found["match"], "reason": "declined", "requeued": False}
     assert await leave.recv() == {"type": "left_queue", "queue": "1v1", "rid": rid}
     assert (await stay.recv_type("match_cancelled"))["requeued"] is False
+
+
+async def test_tick_before_leave_cancels(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = await start_server(**NO_TICKS)
+    stay, leave = await queue_pair(connect, "stay2", "go2")
+    rid = await leave.request("leave_queue", queue="1v1")
+    # The tick runs before the loop reads the leave_queue already on the wire.
+    server.server.matchmaker.tick()
+    await expect_offer_then_leave(stay, leave, rid)
     lobby = server.server.lobby
     assert lobby.players["go2"].place is Place.IDLE
     assert lobby.players["stay2"].place is Place.IDLE
+
+
+async def test_sliced_tick_keeps_order(start_server: ServerFactory, connect: ClientFactory) -> None:
+    server = await start_server(**NO_TICKS)
+    pairs = [await queue_pair(connect, f"slice{index}a", f"slice{index}b") for index in range(3)]
+    stay, leave = pairs[-1]
+    rid = await leave.request("leave_queue", queue="1v1")
+    # A zero-length slice carries out one effect now and leaves the rest, this
+    # pair's offer among them, to later turns of the loop, before the leave_queue.
+    server.server.matchmaker.tick(0.0)
+    await expect_offer_then_leave(stay, leave, rid)
+    for first, second in pairs[:-1]:
+        assert (await first.recv_type("match_found"))["match"] == (await second.recv_type("match_found"))["match"]
 
 
 async def test_gone_before_offer_voids(start_server: ServerFactory, connect: ClientFactory) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from lobbyd.core.model import HistoryEntry, MatchRecord, MatchState, PlayerRecord
 from lobbyd.errors import StoreError
+from lobbyd.store import sqlite as sqlite_module
 from lobbyd.store.base import Store
 from lobbyd.store.memory import MemoryStore
 from lobbyd.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
@@ -396,6 +397,28 @@ async def test_sqlite_open_creates_database(tmp_path: pathlib.Path) -> None:
     assert path.is_file()
     assert read_pragma(path, "journal_mode") == "wal"
     assert read_pragma(path, "user_version") == SCHEMA_VERSION
+
+
+async def test_sqlite_checkpoints_beside_saves(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_PAGES", 2)
+    path = tmp_path / "lobbyd.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        # Commits leave the database file alone until a checkpoint copies the log in.
+        before = path.stat().st_size
+        players = [dataclasses.replace(ALICE, id=f"p-{index}", name=f"Player {index}") for index in range(500)]
+        await store.save(players, [])
+        await store.save([BOB], [])
+        for _ in range(200):
+            if path.stat().st_size > before:
+                break
+            await asyncio.sleep(0.05)
+
+        assert path.stat().st_size > before
+        assert await store.load_player("p-499") == players[-1]
+    finally:
+        await store.close()
 
 
 async def test_sqlite_open_twice_keeps_data(sqlite_store: SqliteStore) -> None:

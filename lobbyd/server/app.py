@@ -40,6 +40,7 @@ from lobbyd.server.matchmaker import MatchmakerLoop
 from lobbyd.server.metrics import Metrics
 from lobbyd.server.metrics_http import start_metrics_server
 from lobbyd.server.notify import Notifier, keep_alive
+from lobbyd.server.pacing import PacedQueue
 from lobbyd.server.persistence import Persistence
 from lobbyd.server.player_loader import PlayerLoader
 from lobbyd.server.recording import EventRecorder
@@ -151,6 +152,8 @@ class Server:
             max_queued=config.max_queued_requests,
             metrics=self.metrics,
         )
+        self.burst_pacer = self.matchmaker.burst_pacer
+        self._releases: PacedQueue[Session] = PacedQueue(self.burst_pacer, Session.release)
         self.recorder: EventRecorder | None = None
         if config.record_events_file:
             tick_interval = config.tick_interval_ms / 1000
@@ -196,6 +199,9 @@ class Server:
         self._per_address[session.address] -= 1
         if self._per_address[session.address] <= 0:
             del self._per_address[session.address]
+
+    def release_later(self, session: Session) -> None:
+        self._releases.put(session)
 
     async def load_player(self, player_id: str) -> PlayerRecord | None:
         """Return the freshest record: lobby memory, then unwritten changes, then the store."""
@@ -518,7 +524,7 @@ def session_limits(config: Config) -> SessionLimits:
     )
 
 
-async def _wait_bounded(tasks: set[asyncio.Task[None]], seconds: float) -> set[asyncio.Task[None]]:
+async def _wait_bounded(tasks: set[asyncio.Future[None]], seconds: float) -> set[asyncio.Future[None]]:
     """Wait up to ``seconds`` for ``tasks``; return those still running."""
     pending = {task for task in tasks if not task.done()}
     if not pending:

@@ -64,10 +64,10 @@ class Persistence:
         self._matches: dict[str, MatchRecord] = {}
         self.flushes = 0
         self.failures = 0
-        # Group commit of started matches: the commits waiting for the next write,
-        # and the future every one of them awaits.
-        self._commits: list[tuple[MatchRecord, tuple[str, ...]]] = []
-        self._group: asyncio.Future[None] | None = None
+        # Group commit of started matches: the commits waiting for the next write, each
+        # with the future its caller awaits, and whether a task will take them.
+        self._commits: list[tuple[MatchRecord, tuple[str, ...], asyncio.Future[None]]] = []
+        self._group_queued = False
         self._group_tasks: set[asyncio.Task[None]] = set()
         # Players of the queued commits, by how many commits name them.
         self._pinned: collections.Counter[str] = collections.Counter()
@@ -89,41 +89,55 @@ class Persistence:
     async def commit_match(self, record: MatchRecord, players: Iterable[str] = ()) -> None:
         """Write ``record`` and the unwritten records of ``players`` now.
 
+        Raises ``StoreError`` when the write fails; the player records stay dirty then.
+        See ``commit_match_soon``.
+        """
+        await self.commit_match_soon(record, players)
+
+    def commit_match_soon(self, record: MatchRecord, players: Iterable[str] = ()) -> asyncio.Future[None]:
+        """Queue ``record`` and the unwritten records of ``players`` for the next write.
+
         Commits that arrive while another is being written join the next group, and
         a group is one transaction (group commit): twenty matches started in the same
-        instant cost one write, not twenty in a row. Raises ``StoreError`` when the
-        group's write fails; its player records stay dirty then.
+        instant cost one write, not twenty in a row. The returned future is done once
+        the group is written, or holds the ``StoreError`` of its failed write.
+        Cancelling the future does not take the record out of its group.
         """
+        loop = asyncio.get_running_loop()
         players = tuple(players)
-        self._commits.append((record, players))
+        written: asyncio.Future[None] = loop.create_future()
+        self._commits.append((record, players, written))
         self._pinned.update(players)
-        if self._group is None:
-            self._group = asyncio.get_running_loop().create_future()
-            task = asyncio.get_running_loop().create_task(self._commit_group(self._group))
+        if not self._group_queued:
+            self._group_queued = True
+            task = loop.create_task(self._commit_group())
             self._group_tasks.add(task)
             task.add_done_callback(self._group_tasks.discard)
-        # Shielded, so a cancelled caller does not cancel the group the others wait on.
-        await asyncio.shield(self._group)
+        return written
 
-    async def _commit_group(self, group: asyncio.Future[None]) -> None:
+    async def _commit_group(self) -> None:
         async with self._lock:
             # Commits queued from here on belong to the next group.
             commits, self._commits = self._commits, []
-            self._group = None
-            matches = {record.id: record for record, _ in commits}
-            involved = {player for _, players in commits for player in players}
+            self._group_queued = False
+            matches = {record.id: record for record, _, _ in commits}
+            involved = {player for _, players, _ in commits for player in players}
             batch = {pid: self._players.pop(pid) for pid in involved if pid in self._players}
             # Taken under the lock, so the flusher can no longer write these records first.
-            for _, players in commits:
+            for _, players, _ in commits:
                 self._unpin(players)
             for match in matches:
                 self._matches.pop(match, None)
             try:
                 await self._save(batch, matches, requeue_matches=False)
             except StoreError as exc:
-                group.set_exception(exc)
+                for _, _, written in commits:
+                    if not written.done():
+                        written.set_exception(exc)
                 return
-            group.set_result(None)
+            for _, _, written in commits:
+                if not written.done():
+                    written.set_result(None)
 
     def _unpin(self, players: tuple[str, ...]) -> None:
         for player in players:

@@ -62,6 +62,7 @@ from lobbyd.protocol.messages import (
 from lobbyd.server import logs
 from lobbyd.server.game_server_session import SessionRole, check_registration, history_message
 from lobbyd.server.metrics import Metrics
+from lobbyd.server.pacing import Pacer
 from lobbyd.server.ratelimit import TokenBucket
 from lobbyd.server.requests import Gone, Incoming, Login, Registration, Relay, Request
 from lobbyd.server.session_state import SessionEvent, SessionState, next_state
@@ -99,12 +100,16 @@ class SessionHost(Protocol):
 
     limits: SessionLimits
     verifier: TokenVerifier
+    burst_pacer: Pacer
+    """Bounds the work per loop iteration of logins that one store read resumes together."""
     game_server_key: bytes | None
     metrics: Metrics
 
     def submit(self, request: Request) -> None: ...
     def register(self, session: Session) -> None: ...
     def unregister(self, session: Session) -> None: ...
+    def release_later(self, session: Session) -> None:
+        """Call ``session.release()`` in a later loop iteration, paced with other closes."""
     async def load_player(self, player_id: str) -> PlayerRecord | None: ...
     async def load_history(self, player_id: str, limit: int) -> list[HistoryEntry]: ...
 
@@ -224,7 +229,7 @@ class Session(asyncio.Protocol):
         """
         self.bytes_in += len(data)
         if self.state is _CLOSED:
-            self._release()
+            self.release()
             return
         self._codec.receive_data(data)
         if self._store_read is not None:
@@ -243,14 +248,15 @@ class Session(asyncio.Protocol):
             self._fail()
 
     def eof_received(self) -> bool:
-        # TODO: close in paced slices. When 10,000 clients disconnect at once, libuv
-        # delivers every end of stream in one poll pass, and closing them all there
-        # held the loop for 150-200 ms in the lifecycle benchmark, mostly in uvloop
-        # and the kernel rather than in this method (py-spy).
+        # When 10,000 clients disconnect at once, libuv delivers every end of stream in
+        # one poll pass. Closing them all there held the loop for 150-200 ms in the
+        # lifecycle benchmark, mostly in uvloop and the kernel's close (py-spy), so the
+        # host releases this session later, in paced slices.
         self.close_reason = self.close_reason or "peer_closed"
-        self._release()
-        # False: the transport closes itself once the replies already queued are written.
-        return False
+        self._host.release_later(self)
+        # True: the transport stays open until ``release`` closes it; the replies
+        # already queued are still written then.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connected = False
@@ -261,7 +267,7 @@ class Session(asyncio.Protocol):
             self._close_timer.cancel()
             self._close_timer = None
         self._wake_drain()
-        self._release()
+        self.release()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -273,9 +279,9 @@ class Session(asyncio.Protocol):
     def _fail(self) -> None:
         self.close_reason = "internal_error"
         self.log.exception("session_failed")
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         """Close, unregister and tell the lobby, once; the transport may still be flushing."""
         if self._released:
             return
@@ -442,7 +448,7 @@ class Session(asyncio.Protocol):
             return
         if outcome is _CLOSE:
             self.close(self.close_reason or "bad_frame")
-            self._release()
+            self.release()
             return
         self._track_partial_frame()
 
@@ -598,6 +604,9 @@ class Session(asyncio.Protocol):
             self.log.exception("player_load_failed", player=hello.player)
             self.kick("internal_error")
             return
+        # One batched read resumes every login of a connection storm in the same turn
+        # of the loop: 500 at a time in the lifecycle benchmark.
+        await self._host.burst_pacer.pace()
         if self.state is not SessionState.NEW:
             return
         self.state = next_state(self.id, self.state, SessionEvent.HELLO)
