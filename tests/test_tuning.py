@@ -139,7 +139,7 @@ def test_recording_event_where_header_belongs(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text('{"type": "join", "t": 1, "player": "x", "queue": "1v1"}\n')
 
-    with pytest.raises(ev.RecordingError, match="invalid event: .*; a recording starts with a lobbyd-events header"):
+    with pytest.raises(ev.RecordingError, match=r"invalid event: .*; a recording starts with a lobbyd-events header"):
         ev.read(path)
 
 
