@@ -517,6 +517,14 @@ def _cluster_problems(config: Config) -> list[Problem]:
     return [("cluster", message)]
 
 
+def _recording_problems(config: Config) -> list[Problem]:
+    # TODO: record a cluster's queue events; they happen on the leader, which does not write them yet.
+    if config.cluster != "redis" or not config.record_events_file:
+        return []
+    message = 'a cluster node (cluster = "redis") records no queue events yet; leave it empty on cluster nodes'
+    return [("record_events_file", message)]
+
+
 def _static_server_problems(servers: list[StaticGameServer], queue_names: set[str]) -> list[Problem]:
     problems = []
     addresses: set[str] = set()
@@ -582,6 +590,7 @@ _SECRET_SETTINGS: Final = frozenset(
 _CROSS_RULES: Final[tuple[tuple[frozenset[str], Callable[[Config], list[Problem]]], ...]] = (
     (frozenset({"heartbeat_timeout_ms", "heartbeat_interval_ms"}), _heartbeat_problems),
     (frozenset({"cluster", "store"}), _cluster_problems),
+    (frozenset({"cluster", "record_events_file"}), _recording_problems),
     (_SECRET_SETTINGS, _secret_problems),
     (_AUTH_KEYS, _auth_problems),
 )

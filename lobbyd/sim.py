@@ -54,6 +54,7 @@ import msgspec
 import uvloop
 
 from lobbyd import config as config_module
+from lobbyd import output_paths
 from lobbyd.auth import AuthSettings, mint
 from lobbyd.client import ClientError, LobbyClient
 from lobbyd.config import parse_listen
@@ -61,6 +62,7 @@ from lobbyd.core.ratings import INITIAL_MU, INITIAL_SIGMA
 from lobbyd.errors import ConfigError
 from lobbyd.protocol.messages import PROTOCOL_VERSION
 from lobbyd.sim_servers import ConvergencePoint, League, LeagueFailed
+from lobbyd.tuning import population
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -293,7 +295,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--rounds must be at least 1, got {args.rounds}"
     if args.match_seconds < 0:
         return f"--match-seconds must be 0 or more, got {args.match_seconds}"
-    return None
+    return output_paths.problem(json=args.json, plots=args.plots)
 
 
 def _auth_settings(args: argparse.Namespace) -> tuple[AuthSettings | None, str | None]:
@@ -325,6 +327,9 @@ def _check_population_args(args: argparse.Namespace) -> str | None:
         }
         given = [name for name, value in population_only.items() if value is not None]
         return f"{given[0]} applies to --population only" if given else None
+    problem = population.override_problem(args.players, args.arrival_rate)
+    if problem:
+        return problem
     if args.decline_rate or args.drop_rate:
         return "--decline-rate and --drop-rate do not apply with --population: its decline and disconnect rates do"
     if args.rounds != 1:

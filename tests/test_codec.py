@@ -310,6 +310,25 @@ def test_hello_name_accepts_printable_unicode(frame: FrameEncoder) -> None:
     assert feed([frame(hello)]) == [m.Hello(v=1, player="a", name="José 雪 ☃ tab-less")]
 
 
+@both_framings
+@pytest.mark.parametrize(
+    ("field", "entries", "path"),
+    [
+        ("latency", {"eu": 40, "eu-west": -5, "us": 20}, "`$.latency.eu-west`"),
+        ("party_roles", {"pm0": ["top"], "pm1": None}, "`$.party_roles.pm1`"),
+        ("party_roles", {"pm1": ["top", 7]}, "`$.party_roles.pm1[1]`"),
+    ],
+)
+def test_bad_map_value_names_its_key(frame: FrameEncoder, field: str, entries: dict[str, Any], path: str) -> None:
+    codec = Codec()
+    codec.receive_data(frame({"type": "join_queue", "queue": "ranked", field: entries, "rid": 4}))
+
+    raised = expect_error(codec, InvalidField)
+
+    assert raised.message.endswith(f" - at {path}"), raised.message
+    assert raised.rid == 4
+
+
 @pytest.mark.parametrize("key", [1, b"x", 2.5], ids=repr)
 def test_non_string_key_named_plainly(key: Any) -> None:
     codec = Codec()

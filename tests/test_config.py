@@ -61,6 +61,15 @@ def test_check_lists_every_problem(tmp_path: Path) -> None:
     ]
 
 
+def test_cluster_node_refuses_recording(tmp_path: Path) -> None:
+    path = write(tmp_path, 'cluster = "redis"\nstore = "postgres"\nrecord_events_file = "events.jsonl"\n')
+
+    assert check_file(path) == [
+        f'{path}:record_events_file: a cluster node (cluster = "redis") records no queue events yet;'
+        " leave it empty on cluster nodes"
+    ]
+
+
 def test_load_raises_with_every_problem(tmp_path: Path) -> None:
     path = write(tmp_path, BROKEN)
 

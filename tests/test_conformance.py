@@ -90,6 +90,21 @@ def test_every_message_type_has_vector(direction: str, union: Any) -> None:
     assert covered == types
 
 
+# Fields the daemon always sends, though the message classes leave them optional;
+# a vector without one would teach a codec to accept a message the daemon never sends.
+ALWAYS_SENT: dict[str, set[str]] = {
+    "match_found": {"region"},
+    "match_start": {"region"},
+    "allocate": {"region"},
+}
+
+
+def test_vectors_carry_fields_always_sent() -> None:
+    for vector in VECTORS["messages"]:
+        missing = ALWAYS_SENT.get(vector["type"], set()) - set(vector["message"])
+        assert not missing, f"vector {vector['name']} lacks {sorted(missing)}"
+
+
 def test_error_codes_listed_with_fatality() -> None:
     listed = {entry["code"]: entry["fatal"] for entry in VECTORS["error_codes"]}
     assert list(listed) == list(ERROR_CODES)

@@ -173,6 +173,38 @@ def test_population_sim_rejects_options(extra: list[str], problem: str, capsys: 
     assert problem in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "name", "problem"),
+    [
+        (["--json"], "missing/report.json", "missing does not exist"),
+        (["--json"], "taken", "is a directory, expected a file"),
+        (["--population", "p.toml", "--json"], "taken", "is a directory, expected a file"),
+        (["--population", "p.toml", "--plots"], "plain.txt", "plain.txt is a file, expected a directory"),
+    ],
+)
+def test_sim_checks_output_paths_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], name: str, problem: str
+) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "plain.txt").write_text("not a directory\n")
+    path = tmp_path / name
+
+    # Port 1 has no daemon: the run would fail to connect if the check came after it.
+    code = cli.main(["sim", "--connect", "127.0.0.1:1", "--players", "2", *extra, str(path)])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lobbyd sim: {extra[-1]} {path}: "), err
+    assert problem in err
+
+
+def test_population_sim_blames_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sim", "--connect", "127.0.0.1:1", "--population", "p.toml", "--arrival-rate", "0"])
+
+    assert code == 2
+    assert capsys.readouterr().err == "lobbyd sim: --arrival-rate must be a finite number greater than 0, got 0\n"
+
+
 def test_population_sim_bad_population(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     population = tmp_path / "population.toml"
     population.write_text("decline_rate = 2.0\n")

@@ -135,6 +135,14 @@ def test_recording_needs_header_first(tmp_path: Path) -> None:
         ev.read(path)
 
 
+def test_recording_event_where_header_belongs(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type": "join", "t": 1, "player": "x", "queue": "1v1"}\n')
+
+    with pytest.raises(ev.RecordingError, match=r"invalid event: .*; a recording starts with a lobbyd-events header"):
+        ev.read(path)
+
+
 def test_recording_times_count_from_start(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     header = ev.Header(source="daemon", started_at=1000.0)
@@ -327,6 +335,51 @@ def test_replay_rejects_missing_queue(tmp_path: Path, capsys: pytest.CaptureFixt
 
     assert code == 2
     assert "queue '3v3' is not in the configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "problem"),
+    [
+        ("--json", "missing/report.json", "missing does not exist"),
+        ("--json", "taken", "is a directory, expected a file"),
+        ("--record", "missing/events.jsonl", "missing does not exist"),
+        ("--plots", "plain.txt/plots", "plain.txt is a file, expected a directory"),
+    ],
+)
+def test_replay_checks_output_paths_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, name: str, problem: str
+) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "plain.txt").write_text("not a directory\n")
+
+    code = cli.main(
+        ["replay", "--population", str(EXAMPLE_POPULATION), "--players", "20", option, str(tmp_path / name)]
+    )
+
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "the run started before the check"
+    assert captured.err.startswith(f"lobbyd replay: {option} {tmp_path / name}: "), captured.err
+    assert problem in captured.err
+    assert captured.err.count("\n") == 1, captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--players", "0"], "--players must be between 1 and 10000000, got 0"),
+        (["--arrival-rate", "0"], "--arrival-rate must be a finite number greater than 0, got 0"),
+        (["--arrival-rate", "-1"], "--arrival-rate must be a finite number greater than 0, got -1"),
+    ],
+)
+def test_replay_blames_the_option_not_the_file(
+    capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    code = cli.main(["replay", "--population", str(EXAMPLE_POPULATION), *extra])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == f"lobbyd replay: {problem}\n"
 
 
 def test_population_can_be_recorded_and_replayed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,6 +43,9 @@ MAX_FRAME_LIMIT: Final = 2**32 - 1
 # Characters of a peer's unknown ``type`` that an error message repeats. The rest is
 # cut, so a 60 KiB type string costs neither a 60 KiB reply nor a 60 KiB log line.
 MAX_ECHOED_CHARS: Final = 64
+# msgspec's path of a bad value inside a map of a message's top-level field, such as
+# `$.latency[...]`, which names no key.
+_MAP_VALUE_PATH: Final = re.compile(r"`\$\.(\w+)\[\.\.\.\]")
 # msgspec's message for a map key that is not a string, such as the msgpack int 1.
 _NON_STRING_KEY: Final = re.compile(r"Expected `str`, got `(\w+)` - at `key` in `(.*)`")
 
@@ -265,7 +268,7 @@ def _explain_invalid(
         known = ", ".join(sorted(CLIENT_TYPES))
         shown = kind if len(kind) <= MAX_ECHOED_CHARS else f"{kind[:MAX_ECHOED_CHARS]}..."
         return UnknownType(f"unknown message type {shown!r}: expected one of {known}", rid=rid)
-    return InvalidField(f"invalid {kind!r} message: {_validation_text(exc)}", rid=rid)
+    return InvalidField(f"invalid {kind!r} message: {_validation_text(_name_map_key(value, exc))}", rid=rid)
 
 
 def _too_deep(format_name: str) -> BadFrame:
@@ -281,6 +284,28 @@ def _valid_rid(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RID:
         return value
     return None
+
+
+def _name_map_key(value: dict[Any, Any], exc: msgspec.ValidationError) -> msgspec.ValidationError:
+    """Return ``exc`` with the key of the bad entry in place of msgspec's ``[...]``, when it can be found.
+
+    msgspec marks a bad value inside a map as ``$.field[...]`` without its key. Each
+    entry of that map is checked alone (at most the map's length limit, 64) to find
+    the first bad one; this runs only on an invalid message.
+    """
+    found = _MAP_VALUE_PATH.search(str(exc))
+    entries = value.get(found.group(1)) if found is not None else None
+    if found is None or not isinstance(entries, dict):
+        return exc
+    for key, entry in entries.items():
+        try:
+            msgspec.convert({**value, found.group(1): {key: entry}}, ClientMessage)
+        except msgspec.ValidationError as entry_exc:
+            # A key that failed its own check is reported as a key, never echoed here.
+            if "[...]" in str(entry_exc):
+                named = str(entry_exc).replace(f"$.{found.group(1)}[...]", f"$.{found.group(1)}.{key}", 1)
+                return msgspec.ValidationError(named)
+    return exc
 
 
 def _validation_text(exc: msgspec.ValidationError) -> str:

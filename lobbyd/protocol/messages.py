@@ -386,7 +386,7 @@ class Registered(_Message, tag="registered", frozen=True):
 
 
 class AllocatedPlayer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One player of an ``allocate``, with the join ticket they will present."""
+    """One player of an ``allocate``, with a join ticket for them (signed apart from their ``match_start`` one)."""
 
     player: str
     name: str

@@ -19,6 +19,7 @@ from typing import Final
 import msgspec
 
 from lobbyd import config as config_module
+from lobbyd import output_paths
 from lobbyd.errors import ConfigError
 from lobbyd.tuning import events as ev
 from lobbyd.tuning import policies, population, report
@@ -140,6 +141,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.population is None and any(value is not None for value in overrides):
         msg = "--players, --arrival-rate, --seed and --queue apply to --population only"
         raise UsageError(msg)
+    problem = population.override_problem(args.players, args.arrival_rate) or output_paths.problem(
+        json=args.json, record=args.record, plots=args.plots
+    )
+    if problem:
+        raise UsageError(problem)
 
 
 def _load_config(path: Path | None) -> config_module.Config:

@@ -163,6 +163,7 @@ def read(path: Path) -> Recording:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Line]]:
+    first = True
     with path.open("rb") as source:
         for number, raw in enumerate(source, start=1):
             if not raw.strip():
@@ -170,11 +171,14 @@ def _lines(path: Path) -> Iterator[tuple[int, Line]]:
             try:
                 yield number, _decoder.decode(raw)
             except msgspec.ValidationError as exc:
-                msg = f"{path}:{number}: invalid event: {exc}"
+                # A bad first line is most often an event where the header belongs.
+                hint = f"; a recording starts with a {FORMAT} header line" if first else ""
+                msg = f"{path}:{number}: invalid event: {exc}{hint}"
                 raise RecordingError(msg) from None
             except msgspec.DecodeError:
                 msg = f"{path}:{number}: not a JSON object; a recording holds one JSON object per line"
                 raise RecordingError(msg) from None
+            first = False
 
 
 def _relative(events: list[Event], started_at: float) -> list[Event]:

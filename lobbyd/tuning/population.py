@@ -17,6 +17,7 @@ the same on every run and every machine with the same Python.
 
 from __future__ import annotations
 
+import math
 import random
 import tomllib
 from pathlib import Path
@@ -47,10 +48,14 @@ def _default_regions() -> dict[str, RegionSpec]:
     return {"default": RegionSpec()}
 
 
+MAX_PLAYERS: Final = 10_000_000
+"""The most players one population may have, so that a typo cannot start a run that never ends."""
+
+
 class Population(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The population model; every field has a default, so an empty file is valid."""
 
-    players: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1000
+    players: Annotated[int, msgspec.Meta(ge=1, le=MAX_PLAYERS)] = 1000
     queue: str = "5v5"
     arrival_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     """Players arriving per second, on average."""
@@ -106,6 +111,18 @@ def _problem(population: Population) -> str | None:
 
 class PopulationError(ValueError):
     """A population file that cannot be used; the message names the file and the field."""
+
+
+def override_problem(players: int | None, arrival_rate: float | None) -> str | None:
+    """Return what is wrong with the ``--players`` or ``--arrival-rate`` override, or None.
+
+    Checked apart from the file so that the message blames the option, not the file.
+    """
+    if players is not None and not 1 <= players <= MAX_PLAYERS:
+        return f"--players must be between 1 and {MAX_PLAYERS}, got {players}"
+    if arrival_rate is not None and not (math.isfinite(arrival_rate) and arrival_rate > 0):
+        return f"--arrival-rate must be a finite number greater than 0, got {arrival_rate:g}"
+    return None
 
 
 def load(path: Path, **overrides: object) -> Population:

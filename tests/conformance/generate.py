@@ -107,7 +107,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
     "queued": m.Queued(queue="1v1", rid=3),
     "left_queue": m.LeftQueue(queue="1v1", rid=4),
     "left_queue_removed": m.LeftQueue(queue="2v2", reason="queue_removed"),
-    "match_found": m.MatchFound(match=MATCH, queue="1v1", players=2, accept_ms=10_000),
+    "match_found": m.MatchFound(match=MATCH, queue="1v1", players=2, accept_ms=10_000, region="default"),
     "match_found_role": m.MatchFound(
         match=MATCH, queue="ranked", players=10, accept_ms=10_000, region="eu-west", role="top", autofilled=True
     ),
@@ -124,7 +124,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         match=MATCH, reason="disconnected", requeued=True
     ),
     "match_start": m.MatchStart(
-        match=MATCH, queue="1v1", team=0, teams=[["alice"], ["bob"]], ratings=[[1500], [1510]]
+        match=MATCH, queue="1v1", team=0, teams=[["alice"], ["bob"]], ratings=[[1500], [1510]], region="default"
     ),
     "match_start_role": m.MatchStart(
         match=MATCH,
@@ -141,6 +141,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         team=1,
         teams=[["p1", "p4", "p5", "p8", "p9"], ["p2", "p3", "p6", "p7", "p10"]],
         ratings=[[1620, 1540, 1500, 1460, 1380], [1600, 1560, 1490, 1450, 1400]],
+        region="default",
     ),
     "match_start_server": m.MatchStart(
         match=MATCH,
@@ -150,6 +151,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
         ratings=[[1500], [1510]],
         server="203.0.113.7:7777",
         ticket=TICKET_ALICE,
+        region="eu",
     ),
     "match_cancelled_no_server": m.MatchCancelled(match=MATCH, reason="no_server", requeued=True),
     "match_cancelled_allocation_failed": m.MatchCancelled(
@@ -192,6 +194,7 @@ SERVER_EXAMPLES: Final[dict[str, m.ServerMessage]] = {
             m.AllocatedPlayer(player="bob", name="Bob", team=1, ticket=TICKET_BOB),
         ],
         allocate_ms=5_000,
+        region="eu",
     ),
     "deallocate": m.Deallocate(match=MATCH, reason="timed_out"),
     "result_applied": m.ResultApplied(match=MATCH, rid=3),
