@@ -19,7 +19,7 @@ async def expect_closed(client: LobbyClient) -> None:
             await client.recv(timeout=5)
 
 
-async def send_burst_then_broken_frame(client: LobbyClient) -> None:
+def send_burst_then_broken_frame(client: LobbyClient) -> None:
     """Send, in one write: ping, get_profile, get_history, ping and a broken frame."""
     burst = [
         {"type": "ping", "rid": 11},
@@ -49,14 +49,14 @@ async def expect_replies_then_close(client: LobbyClient) -> None:
 async def test_replies_before_broken_frame_arrive(connect: ClientFactory, json_lines: bool) -> None:
     client = await connect("orderly", json_lines=json_lines)
 
-    await send_burst_then_broken_frame(client)
+    send_burst_then_broken_frame(client)
 
     await expect_replies_then_close(client)
 
 
 @pytest.mark.parametrize("json_lines", [True, False], ids=["json", "msgpack"])
 async def test_profile_before_broken_frame_arrives(connect: ClientFactory, json_lines: bool) -> None:
-    # A request the matchmaker answers, then one the session answers, then the broken frame.
+    # A request the matchmaker replies to, then one the session replies to, then the broken frame.
     client = await connect("hasty", json_lines=json_lines)
     burst = [{"type": "get_profile", "rid": 2}, {"type": "ping", "rid": 1}]
     broken = BROKEN_JSON if json_lines else BROKEN_MSGPACK
