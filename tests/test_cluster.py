@@ -11,6 +11,7 @@ from lobbyd.store.postgres import PostgresStore
 from tests.cluster import Cluster, join, login, wait_until
 from tests.conftest import ClientFactory, ServerFactory
 from tests.services import Service
+from tests.test_bad_frame_order import expect_replies_then_close, send_burst_then_broken_frame
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +120,17 @@ async def test_replies_keep_request_order(cluster: Cluster) -> None:
 
     assert [reply["rid"] for reply in replies] == [1, 2, 3, 4, 5]
     assert [reply["type"] for reply in replies] == ["queued", "pong", "error", "left_queue", "pong"]
+    await client.close()
+
+
+async def test_broken_frame_closes_after_earlier_replies(cluster: Cluster) -> None:
+    (node,) = cluster.start_many(1)
+    await cluster.wait_for_leader()
+    client = await login(node, "careless")
+
+    send_burst_then_broken_frame(client)
+
+    await expect_replies_then_close(client)
     await client.close()
 
 

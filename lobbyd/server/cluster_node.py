@@ -89,8 +89,9 @@ class _SessionState:
     seq: int = 0
     believed_queue: str | None = None
     """The queue the player is in, as far as the messages this node delivered tell."""
-    order: collections.deque[int | m.ServerMessage] = field(default_factory=collections.deque)
-    """Replies waiting for their turn: an int is a forwarded request not yet done."""
+    order: collections.deque[int | m.ServerMessage | Relay] = field(default_factory=collections.deque)
+    """Replies waiting for their turn: an int is a forwarded request not yet done, a
+    ``Relay`` the reply that ends the session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class ClusterNode:
         session = request.session
         if isinstance(request, Relay):
             session.inflight -= 1
-            self._reply(session, request.message)
+            self._reply(session, request.message, close=request.close)
         elif isinstance(request, Incoming):
             self._incoming(session, request)
         elif isinstance(request, Login):
@@ -215,8 +216,10 @@ class ClusterNode:
         session.inflight -= 1
         self._reply(session, m.Error(code=code, message=message, rid=rid))
 
-    def _reply(self, session: Session, message: m.ServerMessage) -> None:
+    def _reply(self, session: Session, message: m.ServerMessage, *, close: bool = False) -> None:
         """Send a reply the node made, behind the replies to earlier requests.
+
+        ``close``: the reply ends the session, which closes once it is sent.
 
         NOTE: a request that reached the request stream is answered only by a leader,
         so while Redis is unreachable the replies queued behind it, ``pong`` too, wait
@@ -226,8 +229,10 @@ class ClusterNode:
         tracked = self._sessions.get(session.id)
         if tracked is None or not tracked.order:
             session.send(message)
+            if close:
+                session.close_after_reply()
             return
-        tracked.order.append(message)
+        tracked.order.append(Relay(session, message, close=True) if close else message)
 
     def _resolve(self, session: Session, tracked: _SessionState, seq: int, reply: m.ServerMessage | None) -> None:
         """Mark ``seq`` answered, put ``reply`` in its place, and send what is now due."""
@@ -246,6 +251,10 @@ class ClusterNode:
         while tracked.order and not isinstance(tracked.order[0], int):
             message = tracked.order.popleft()
             assert not isinstance(message, int)
+            if isinstance(message, Relay):
+                session.send(message.message)
+                session.close_after_reply()
+                return
             session.send(message)
 
     # Life cycle.

@@ -227,6 +227,8 @@ class MatchmakerLoop:
         session = request.session
         if isinstance(request, Relay):
             session.send(request.message)
+            if request.close:
+                session.close_after_reply()
             return []
         if isinstance(request, Gone):
             return self.lobby.disconnect(session.id, now)

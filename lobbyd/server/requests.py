@@ -43,10 +43,14 @@ class Incoming:
 
 @dataclass(frozen=True, slots=True)
 class Relay:
-    """A reply made by the session itself, sent in turn behind its earlier requests."""
+    """A reply made by the session itself, sent in turn behind its earlier requests.
+
+    ``close``: the reply ends the session, which closes once it is sent.
+    """
 
     session: Session
     message: ServerMessage
+    close: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ reading pauses while that read runs in a task, then the rest of the buffered fra
 are handled in order. Requests that change lobby state
 go to the matchmaker loop through its queue. To keep replies in request order, once
 a session has a request in flight, its own replies (``pong``, errors) travel through
-the same queue as ``Relay`` requests instead of overtaking it.
+the same queue as ``Relay`` requests instead of overtaking it. A fatal error, such as
+a broken frame, goes the same way when requests are in flight: reading stops and the
+connection closes once the error is sent, or after ``close_timeout`` at most.
 
 Deadlines: a connection must send ``hello`` within ``hello_timeout`` and then a
 complete message at least every ``heartbeat_timeout``; a partial frame is not
@@ -71,6 +73,9 @@ log = logs.get(__name__)
 
 # Returned by the input steps when the session must close after the replies so far.
 _CLOSE: Final = object()
+# Returned instead when the last reply went to the matchmaker behind requests in
+# flight: the session closes when the matchmaker sends that reply.
+_CLOSE_LATER: Final = object()
 
 # Aliases for the per-message paths: on CPython 3.11 reading an enum member as a
 # class attribute costs about 60 ns, ten times a module global (timeit).
@@ -92,7 +97,8 @@ class SessionLimits:
     game_server_rate_per_s: float = 200.0
     game_server_rate_burst: int = 600
     close_timeout: float = 5.0
-    """Seconds a closing connection may take to flush its last bytes before it is aborted."""
+    """Seconds a closing connection may take to flush its last bytes before it is aborted,
+    and that a fatal error may wait behind requests in flight before it is sent out of turn."""
 
 
 class SessionHost(Protocol):
@@ -132,6 +138,7 @@ class Session(asyncio.Protocol):
         "_loop",
         "_opened",
         "_partial_since",
+        "_pending_last",
         "_released",
         "_store_read",
         "_timer",
@@ -171,6 +178,8 @@ class Session(asyncio.Protocol):
         self._partial_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        # The reply that ends the session while it waits behind requests in flight.
+        self._pending_last: ServerMessage | None = None
         self._bucket = TokenBucket(host.limits.rate_per_s, host.limits.rate_burst, self._opened)
         # The task reading the store for a hello or get_history; reading is paused meanwhile.
         self._store_read: asyncio.Task[None] | None = None
@@ -312,6 +321,10 @@ class Session(asyncio.Protocol):
             return
         self.state = next_state(self.id, self.state, SessionEvent.CLOSE)
         self.close_reason = self.close_reason or reason
+        if self._close_timer is not None:
+            # The wait for a last reply in flight (``_wait_to_close``) ends here.
+            self._close_timer.cancel()
+            self._close_timer = None
         if abort:
             self._transport.abort()
             return
@@ -450,7 +463,33 @@ class Session(asyncio.Protocol):
             self.close(self.close_reason or "bad_frame")
             self.release()
             return
+        if outcome is _CLOSE_LATER:
+            self._wait_to_close()
+            return
         self._track_partial_frame()
+
+    def _wait_to_close(self) -> None:
+        """Read nothing more and close once the matchmaker sends the last reply.
+
+        A stuck matchmaker cannot keep the connection open: after ``close_timeout``
+        the last reply is written at once, out of turn, and the session closes.
+        """
+        self.close_reason = self.close_reason or "bad_frame"
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+        self._close_timer = self._loop.call_later(self._host.limits.close_timeout, self._close_overdue)
+
+    def close_after_reply(self) -> None:
+        """Close the session now that its last reply is sent, behind the earlier ones."""
+        self.close(self.close_reason or "bad_frame")
+        self._release()
+
+    def _close_overdue(self) -> None:
+        self._close_timer = None
+        self.log.warning("close_wait_timed_out", inflight=self.inflight, reason=self.close_reason)
+        if self._pending_last is not None:
+            self.send(self._pending_last)
+        self.close_after_reply()
 
     def _start_store_read(self, message: Hello | GetHistory) -> None:
         # Reading pauses, so the codec holds at most one read's bytes while the task
@@ -491,7 +530,7 @@ class Session(asyncio.Protocol):
     def _process(self, replies: list[ServerMessage]) -> Hello | GetHistory | object | None:
         """Handle the buffered messages until the buffer runs dry (None), a message
         needs the store (that ``hello`` or ``get_history``), or the session must close
-        (``_CLOSE``)."""
+        (``_CLOSE`` now, ``_CLOSE_LATER`` once its requests in flight are answered)."""
         codec = self._codec
         # One reading of the clock serves the whole batch: its frames arrived together.
         now = self._loop.time()
@@ -503,14 +542,11 @@ class Session(asyncio.Protocol):
                 # them without limit, each with its reply and log line.
                 if not exc.fatal and not self._bucket.take(now):
                     if not self._rate_limited("this invalid message", exc.rid, replies):
-                        return _CLOSE
+                        return self._last_reply(replies, Kicked(reason="rate_limited"))
                     continue
                 self.log.warning("frame_rejected", code=exc.code, error=exc.message, fatal=exc.fatal)
                 if exc.fatal:
-                    # Written in this batch, ahead of any relayed reply, because the
-                    # connection closes right after it.
-                    replies.append(_error(exc))
-                    return _CLOSE
+                    return self._last_reply(replies, _error(exc))
                 self._reply(replies, _error(exc))
                 continue
             if message is None:
@@ -519,7 +555,7 @@ class Session(asyncio.Protocol):
             self._last_active = now
             if not self._bucket.take(now):
                 if not self._rate_limited(f"this {_type_of(message)!r}", message.rid, replies):
-                    return _CLOSE
+                    return self._last_reply(replies, Kicked(reason="rate_limited"))
                 continue
             if type(message) is Ping and self.state is _AUTHENTICATED:
                 self._reply(replies, Pong(rid=message.rid))
@@ -533,9 +569,8 @@ class Session(asyncio.Protocol):
             except RemoteError as exc:
                 self.log.info("request_rejected", code=exc.code, type=_type_of(message))
                 if exc.fatal:
-                    replies.append(_error(exc))
                     self.close_reason = exc.code
-                    return _CLOSE
+                    return self._last_reply(replies, _error(exc))
                 self._reply(replies, _error(exc))
             if self.state is _CLOSED:
                 return None
@@ -552,22 +587,21 @@ class Session(asyncio.Protocol):
         except RemoteError as exc:
             self.log.info("request_rejected", code=exc.code, type=_type_of(message))
             if exc.fatal:
-                replies.append(_error(exc))
                 self.close_reason = exc.code
-                return _CLOSE
+                return self._last_reply(replies, _error(exc))
             self._reply(replies, _error(exc))
         if self.state is SessionState.CLOSED:
             return None
         return self._process(replies)
 
     def _rate_limited(self, dropped: str, rid: int | None, replies: list[ServerMessage]) -> bool:
-        """Reply to a message over the rate; return False once the abuse is sustained.
+        """Reply to a message over the rate; return False once the abuse is sustained,
+        and the caller ends the session with ``kicked``.
 
         ``dropped`` names the message in the error, for example ``this 'ping'``.
         """
         if self._bucket.overdraft > self._host.limits.rate_burst:
             self.log.warning("rate_limit_exceeded", rejected=self._bucket.overdraft)
-            replies.append(Kicked(reason="rate_limited"))
             self.close_reason = "rate_limited"
             return False
         retry_ms = max(round(self._bucket.retry_after() * 1000), 1)
@@ -656,6 +690,16 @@ class Session(asyncio.Protocol):
             self._forward(Relay(self, message))
         else:
             replies.append(message)
+
+    def _last_reply(self, replies: list[ServerMessage], message: ServerMessage) -> object:
+        """Queue the reply that ends the session: ``_CLOSE`` if it goes in this batch,
+        ``_CLOSE_LATER`` if it waits behind requests in flight."""
+        if not self.inflight:
+            replies.append(message)
+            return _CLOSE
+        self._forward(Relay(self, message, close=True))
+        self._pending_last = message
+        return _CLOSE_LATER
 
     # Deadlines.
 
