@@ -482,7 +482,7 @@ class Session(asyncio.Protocol):
     def close_after_reply(self) -> None:
         """Close the session now that its last reply is sent, behind the earlier ones."""
         self.close(self.close_reason or "bad_frame")
-        self._release()
+        self.release()
 
     def _close_overdue(self) -> None:
         self._close_timer = None
