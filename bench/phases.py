@@ -341,10 +341,14 @@ def running_cluster(ctx: Context, count: int, services: dict[str, str]) -> Itera
         "LOBBYD_REDIS_URL": services["redis_url"],
         "LOBBYD_REDIS_PREFIX": services["prefix"],
     }
+    # Each node gets its own data directory: the admin socket lives there, and two
+    # daemons refuse to share one.
+    data_dirs: list[str] = []
     try:
         for index in range(count):
             port = free_port()
-            argv = [str(LOBBYD), "serve", "--listen", f"127.0.0.1:{port}"]
+            data_dirs.append(tempfile.mkdtemp(prefix="lobbyd-bench-"))
+            argv = [str(LOBBYD), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dirs[-1]]
             name = f"cluster-{count}-n{index}"
             nodes.append(start_server(name, argv, ctx.cpus.server, port, {**env, "LOBBYD_NODE_ID": f"n{index}"}))
         client = redis.Redis.from_url(services["redis_url"])
@@ -357,6 +361,8 @@ def running_cluster(ctx: Context, count: int, services: dict[str, str]) -> Itera
         for node in nodes:
             exit_code = stop_server(node)
             ctx.daemon_logs[node.name] = {"exit_code": exit_code, **summarize_log(node.log_path)}
+        for data_dir in data_dirs:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def wait_for_leader(client: Any, prefix: str) -> str:
