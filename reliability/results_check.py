@@ -36,7 +36,7 @@ _FINISHED: Final = """
 
 @dataclass(slots=True)
 class ResultsVerdict:
-    """What the replay found: problems, and how much it compared."""
+    """Findings of the replay: the problems, and the counts of what it compared."""
 
     problems: list[str] = field(default_factory=list)
     results_replayed: int = 0

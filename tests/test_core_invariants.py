@@ -151,7 +151,7 @@ def queued_players(tickets: Iterable[Ticket]) -> list[str]:
 
 
 def _party_left(send: fx.Send, player: str) -> bool:
-    """True when ``send`` tells a party that ``player`` left it by disconnecting."""
+    """Return whether ``send`` is a party update saying that ``player`` left by disconnecting."""
     message = send.message
     return isinstance(message, m.Party) and message.reason == "disconnected" and player not in message.members
 
@@ -717,8 +717,8 @@ class LobbyMachine(RuleBasedStateMachine):
         pending_disconnect = self.lobby.disconnect(session, self.now)
         del self.live[session]
         self.save_players(pending_disconnect)
-        # The void already settled the match, so the disconnect says nothing about it.
-        # A party member's disconnect still tells the rest of the party who left.
+        # The void already settled the match, so the disconnect sends nothing about it.
+        # A party member's disconnect still sends the rest of the party a party update.
         assert [s for s in all_sends(pending_disconnect) if not _party_left(s, player)] == []
         assert [e for e in pending_disconnect if isinstance(e, fx.SaveMatch)] == []
 

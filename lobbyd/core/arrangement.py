@@ -79,7 +79,7 @@ ROLE_BALANCE_SLACK_MU: Final = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Partial:
-    """What a growing group still allows: the regions every player is under the limit in, and the role slots."""
+    """Constraints a growing group still allows: the regions every player is under the limit in, and the role slots."""
 
     regions: frozenset[str] | None
     slots: SlotMatching | None

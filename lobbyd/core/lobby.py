@@ -395,8 +395,8 @@ class Lobby:
     def _hostable(self, rules: QueueRules) -> QueueRules:
         """Return ``rules`` limited to the regions with a free game server slot.
 
-        Players' latency may favour a region whose servers are all busy or absent; a
-        match formed there would end in ``no_server`` and form again at once.
+        Players' latency may favour a region whose servers are all busy or absent. A
+        match formed there would end in ``no_server`` and then form again at once.
         """
         if rules.latency_steps is None or self.hosting is None:
             return rules

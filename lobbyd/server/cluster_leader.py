@@ -503,8 +503,8 @@ class LeaderTerm:
             messages: dict[str, list[m.ServerMessage]] = {}
             closes: dict[str, str] = {}
             # A result's reply (result_applied) goes out with the finishing commit, after
-            # the result is stored; the request is done only then, so that the node keeps
-            # the replies to the server's later requests behind it.
+            # the result is stored. The request is done only then, so the node sends the
+            # replies to the server's later requests after it.
             self._reply_after_finish = None
             if batch.requester is not None and batch.seq > 0:
                 # The session's node waits for the reply to this request.

@@ -132,11 +132,11 @@ class Session(asyncio.Protocol):
         "_codec",
         "_connected",
         "_drain_waiter",
-        "_held",
         "_host",
         "_last_active",
         "_loop",
         "_opened",
+        "_output_slots",
         "_partial_since",
         "_pending_last",
         "_released",
@@ -189,7 +189,7 @@ class Session(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         # Output queued behind a reply that waits for a commit (``reserve``); None
         # while nothing waits, which is almost always.
-        self._held: collections.deque[ReplySlot] | None = None
+        self._output_slots: collections.deque[ReplySlot] | None = None
         self.address = ""
         self.peer = ""
         # Traffic counters for metrics: plain ints, read at scrape time. Bytes are added
@@ -411,9 +411,9 @@ class Session(asyncio.Protocol):
         order even when one of them waits for a commit.
         """
         slot = ReplySlot()
-        if self._held is None:
-            self._held = collections.deque()
-        self._held.append(slot)
+        if self._output_slots is None:
+            self._output_slots = collections.deque()
+        self._output_slots.append(slot)
         return slot
 
     def fill(self, slot: ReplySlot, message: ServerMessage | None) -> None:
@@ -427,19 +427,19 @@ class Session(asyncio.Protocol):
             if type(message) is Error:
                 self._host.metrics.errors_sent[message.code] += 1
             slot.data = self._codec.encode(message)
-        held = self._held
-        while held and held[0].data is not None:
-            data = held.popleft().data
+        slots = self._output_slots
+        while slots and slots[0].data is not None:
+            data = slots.popleft().data
             if self.open and data:
                 self._write_now(data)
-        if not held:
-            self._held = None
+        if not slots:
+            self._output_slots = None
 
     def _write(self, data: bytes) -> bool:
-        if self._held is not None:
+        if self._output_slots is not None:
             later = ReplySlot()
             later.data = data
-            self._held.append(later)
+            self._output_slots.append(later)
             return True
         return self._write_now(data)
 
@@ -505,8 +505,8 @@ class Session(asyncio.Protocol):
             outcome = await self._await_then_process(message, replies)
             while isinstance(outcome, Hello | GetHistory):
                 # Two store reads in a row keep their order without a second task. The
-                # replies so far leave first: while the next read waits, the matchmaker
-                # may answer a request that came after them.
+                # replies so far are sent first, because the matchmaker may reply to a
+                # later request while the next read waits.
                 if replies:
                     self.send_many(replies)
                     replies = []

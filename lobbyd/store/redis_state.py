@@ -61,8 +61,8 @@ POOL_CONNECTIONS: Final = 16
 INBOX_MAXLEN: Final = 100_000
 
 # A missing epoch starts at Redis's clock in milliseconds rather than at 0, so that
-# tokens keep growing when Redis comes back empty: the nodes drop a delivery whose id
-# (token and sequence) they have seen, and a reused token would repeat old ids.
+# tokens keep growing when Redis comes back empty. Nodes drop a delivery whose id
+# (token and sequence) they have seen, so a reused token would repeat old ids.
 _ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -281,8 +281,8 @@ class RedisState:
     # Nodes and presence.
 
     async def refresh_node(self, node: str, ttl_ms: int) -> bool:
-        # SET ... GET (Redis 6.2 and later) tells in the same round trip whether the
-        # mark expired or vanished since the last refresh.
+        # SET ... GET (Redis 6.2 and later) returns the old value in the same round
+        # trip, which shows whether the mark expired or vanished since the last refresh.
         async with self._call("refresh_node"):
             earlier = await self._client.set(self.key("node", node), b"1", px=ttl_ms, get=True)
         return earlier is not None

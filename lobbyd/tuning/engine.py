@@ -1,9 +1,9 @@
 """The offline engine: the daemon's ``Lobby`` driven by a stream of events on a virtual clock.
 
-The engine runs what the daemon's matchmaker loop runs, minus the sockets: it calls
+The engine runs what the daemon's matchmaker loop runs, minus the sockets. It calls
 ``connect``, ``join_queue``, ``leave_queue``, ``accept``, ``decline`` and
-``disconnect`` at each event's time, and ``tick`` every ``tick_interval`` seconds of
-virtual time, again at once while a tick left matches to form. Requests due at the
+``disconnect`` at each event's time. It calls ``tick`` every ``tick_interval`` seconds
+of virtual time, and again at once while a tick left matches to form. Requests due at the
 same instant as a tick go first, as the daemon drains its requests before ticking.
 Ready checks are answered by a ``Behaviour``: a recording's answers, or a population's
 random ones. Nothing waits for real time, so an hour of traffic takes seconds.
@@ -36,21 +36,21 @@ from lobbyd.tuning.events import Accept, Decline, Disconnect, Event, Join, Leave
 
 # Seconds of virtual time the engine keeps ticking after its last event while
 # players still wait, so that widening windows can still match them. A run ends
-# earlier once nobody waits.
+# earlier once no player waits.
 DEFAULT_DRAIN_S: Final = 120.0
 
 # Order of actions due at the same instant: requests before the tick.
 _REQUEST: Final = 0
 
-# An answer that does not answer: the player lets the ready check run out.
+# A reply that is no reply: the player lets the ready check expire.
 SILENT: Final = "silent"
-# Seconds after a recorded check ended that a player who had not answered yet is
-# taken to answer: their answer was on its way, so it came late.
+# Seconds after a recorded check ended at which a player who had not replied yet
+# replies: the reply was on its way, so it arrives late.
 LATE_ANSWER_S: Final = 0.001
 
 
 class Behaviour(Protocol):
-    """How players answer ready checks and come back after a cancelled match."""
+    """The players' replies to ready checks and their returns after a cancelled match."""
 
     def answer(self, player: str, match: str) -> tuple[str, float] | None:
         """Return ("accept" | "decline" | "disconnect" | "silent", delay in seconds), or None when unknown."""
@@ -156,7 +156,7 @@ class Engine:
     # The run.
 
     def run(self, events: Iterable[Event]) -> Outcome:
-        """Apply ``events``, whose times start at 0, tick until nobody can be matched, and return the outcome."""
+        """Apply ``events``, whose times start at 0, tick until no player can be matched, and return the outcome."""
         for event in events:
             self._schedule_event(event)
         now = 0.0
@@ -208,8 +208,8 @@ class Engine:
     def _join(self, join: Join, now: float, deadline: float | None = None) -> None:
         # A recorded join can come a few milliseconds after the player's decline.
         # Replayed ticks fall at other instants than the daemon's, so the replayed
-        # match may not even be offered yet: the join waits, up to one ready check
-        # and two ticks, for the player to be idle, and is then tried regardless.
+        # match may not be offered yet. The join waits up to one ready check and two
+        # ticks for the player to be idle, and is then tried regardless.
         if deadline is None:
             deadline = now + self.config.settings.ready_timeout + 2 * self.config.tick_interval
         if now < deadline and any(self._busy(player) for player in join.players):

@@ -53,7 +53,7 @@ class FixedInterval:
         groups = _consecutive_groups(ordered, rules, limit, self.window)
         _remove(pool, groups)
         # A cut that hit the tick's match limit continues on the next tick, which the
-        # lobby runs at once; only a finished cut waits for the next interval.
+        # lobby runs at once. Only a finished cut waits for the next interval.
         if len(groups) < limit:
             self.next_cut[rules.name] = now + self.interval
         return groups
@@ -79,9 +79,9 @@ def _consecutive_groups(
 ) -> list[list[Ticket]]:
     """Fill groups from ``tickets`` in order; a ticket too large for the open group waits for the next.
 
-    With a ``window``, a ticket more than ``window`` rating points above the open
-    group's first ticket drops the group's tickets before it that are too far below,
-    so only groups within the window form (``tickets`` must then be sorted by rating).
+    With a ``window``, only groups within ``window`` rating points form, and
+    ``tickets`` must be sorted by rating. A ticket too far above the open group's first
+    ticket drops the group's tickets that are more than ``window`` points below it.
     """
     need = rules.match_size
     groups: list[list[Ticket]] = []

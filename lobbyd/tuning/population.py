@@ -49,7 +49,7 @@ def _default_regions() -> dict[str, RegionSpec]:
 
 
 MAX_PLAYERS: Final = 10_000_000
-"""The most players one population may have, so that a typo cannot start a run that never ends."""
+"""Maximum players in one population, so that a typo cannot start a run that never ends."""
 
 
 class Population(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -62,7 +62,7 @@ class Population(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froze
     skill_mean: float = 25.0
     skill_sd: NonNegative = 4.0
     rating_error_sd: NonNegative = 1.0
-    """How far, in mu units, the matchmaker's estimate is from the hidden skill (sd)."""
+    """Standard deviation, in mu units, of the matchmaker's estimate around the hidden skill."""
     rating_sigma: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     """Uncertainty of every estimate, in mu units; a new player's is 25/3."""
     party_share: Share = 0.0

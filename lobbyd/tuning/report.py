@@ -92,7 +92,7 @@ class QueueReport(msgspec.Struct, frozen=True):
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     policy: str
     source: str
-    """Where the events came from: the recording's path or the population file."""
+    """Source of the events: the recording's path or the population file."""
     players: int
     matches: int
     duration_s: float
